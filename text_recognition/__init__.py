@@ -1,0 +1,22 @@
+"""text_recognition: DTRB's four-stage scene-text-recognition models, trained and shared the Hugging Face way."""
+
+from .config import CHARSET_36, CHARSET_94, ModelConfig
+from .model import Recognition, TextRecognitionModel, init_dtrb_weights
+from .registry import list_stages
+from .tokenizer import AttnTokenizer, CTCTokenizer, build_tokenizer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CHARSET_36",
+    "CHARSET_94",
+    "AttnTokenizer",
+    "CTCTokenizer",
+    "ModelConfig",
+    "Recognition",
+    "TextRecognitionModel",
+    "build_tokenizer",
+    "init_dtrb_weights",
+    "list_stages",
+    "__version__",
+]

@@ -1,0 +1,243 @@
+"""``TextRecognitionModel``: DTRB's four-stage model as an ``nn.Module`` that saves to and loads from the Hub."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from huggingface_hub import PyTorchModelHubMixin, hf_hub_download
+from huggingface_hub.errors import EntryNotFoundError
+from safetensors.torch import load_file
+from torch import nn
+
+from .config import ModelConfig
+from .hub import build_card, check_state_dict, load_model_card_template, read_dtrb_state_dict, verify_tps_buffers
+from .registry import build_stage
+from .tokenizer import build_tokenizer
+from .transforms import ImageInput, preprocess
+
+SAFETENSORS_NAME = "model.safetensors"
+
+
+class Recognition(NamedTuple):
+    """One recognised word: its text and DTRB's confidence (product of per-step max probabilities)."""
+
+    text: str
+    confidence: float
+
+
+def init_dtrb_weights(model: nn.Module) -> None:
+    """DTRB's initialisation (its ``train.py``), applied in parameter-registration order.
+
+    Biases are zeroed (LSTM biases too), weights get ``kaiming_normal_`` (fan_in, gain sqrt 2), and weights that
+    cannot take it (BatchNorm's 1-D weights) are set to 1. TPS's ``localization_fc2`` keeps its fiducial
+    initialisation. Buffers are untouched.
+    """
+    for name, param in model.named_parameters():
+        if "localization_fc2" in name:
+            continue
+        with torch.no_grad():
+            if "bias" in name:
+                nn.init.constant_(param, 0.0)
+            elif "weight" in name:
+                if param.dim() < 2:
+                    param.fill_(1.0)
+                else:
+                    nn.init.kaiming_normal_(param)
+
+
+class TextRecognitionModel(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="text_recognition",
+    pipeline_tag="image-to-text",
+    license="apache-2.0",
+    tags=["scene-text-recognition", "ocr", "text_recognition"],
+    repo_url="https://github.com/text-recognition/text_recognition",
+    paper_url="https://arxiv.org/abs/1904.01906",
+    model_card_template=load_model_card_template(),
+):
+    """Transformation -> FeatureExtraction -> column pooling -> SequenceModeling -> Prediction.
+
+    Args:
+        config: the architecture; a ``ModelConfig`` or a dict of its fields.
+
+    Example:
+        >>> model = TextRecognitionModel(ModelConfig("None", "VGG", "BiLSTM", "CTC"))
+        >>> logits = model(torch.zeros(2, 1, 32, 100))            # [2, 24, 37]
+        >>> model.recognize(["word.png"])                          # [Recognition(text=..., confidence=...)]
+    """
+
+    def __init__(self, config: ModelConfig | dict[str, Any]) -> None:
+        super().__init__()
+        if isinstance(config, dict):
+            config = ModelConfig.from_dict(config)
+        self.config = config
+        self.tokenizer = build_tokenizer(config)
+        # The attribute names are DTRB's (not PEP 8) so that its state dicts load after stripping "module.".
+        self.Transformation = build_stage("transformation", config.transformation, config, config.input_channel)
+        self.FeatureExtraction = build_stage(
+            "feature_extraction", config.feature_extraction, config, self.Transformation.out_features
+        )
+        self.AdaptiveAvgPool = nn.AdaptiveAvgPool2d((None, 1))  # mean over the feature-map height
+        self.SequenceModeling = build_stage(
+            "sequence_modeling", config.sequence_modeling, config, self.FeatureExtraction.out_features
+        )
+        self.Prediction = build_stage("prediction", config.prediction, config, self.SequenceModeling.out_features)
+
+    def init_weights(self) -> None:
+        """Re-initialise with DTRB's rules (``init_dtrb_weights``), as training does before it starts."""
+        init_dtrb_weights(self)
+
+    def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Images [B, C, H, W] in [-1, 1] -> contextual features [B, T, F] (the first three stages)."""
+        visual = self.FeatureExtraction(self.Transformation(pixel_values))
+        visual = self.AdaptiveAvgPool(visual.permute(0, 3, 1, 2)).squeeze(3)  # [B, W', C, H'] -> [B, T, C]
+        return self.SequenceModeling(visual)
+
+    def forward(self, pixel_values: torch.Tensor, text: torch.Tensor | None = None) -> torch.Tensor:
+        """Images [B, C, img_h, img_w] in [-1, 1] -> logits [B, T, num_class].
+
+        Args:
+            pixel_values: a batch as ``transforms.preprocess`` or ``AlignCollate`` makes it.
+            text: attention only: the tokenizer's encoded labels [B, batch_max_length + 2] (or the decoder input
+                ``[:, :-1]``) for teacher forcing. ``None`` decodes greedily. CTC ignores it.
+        """
+        return self.Prediction(self.encode(pixel_values), text)
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor, lengths: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """The head's loss against the tokenizer's ``encode`` output (CTC: ``baidu=True`` for ``--baiduCTC``)."""
+        return self.Prediction.loss(logits, targets, lengths, **kwargs)
+
+    @torch.inference_mode()
+    def recognize(
+        self, images: ImageInput | Sequence[ImageInput], batch_size: int = 64
+    ) -> list[Recognition]:
+        """Read the text of word images.
+
+        Args:
+            images: one image or a sequence of PIL images, file paths, uint8 arrays [H, W] / [H, W, C] or tensors,
+                of any sizes (each is resized as the model was trained: stretched, or kept-ratio and padded).
+            batch_size: images per forward pass.
+
+        Returns:
+            One ``Recognition(text, confidence)`` per image, in order.
+        """
+        if isinstance(images, (str, os.PathLike)) or not isinstance(images, Iterable) or hasattr(images, "shape"):
+            images = [images]
+        images = list(images)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+        was_training = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        results: list[Recognition] = []
+        try:
+            for start in range(0, len(images), batch_size):
+                batch = preprocess(images[start : start + batch_size], self.config).to(device)
+                features = self.encode(batch)
+                if self.config.prediction == "Attn":
+                    logits = self.Prediction(features, None, stop_at_eos=True)
+                else:
+                    logits = self.Prediction(features)
+                results += [Recognition(*r) for r in self.tokenizer.decode_with_confidence(logits)]
+        finally:
+            self.train(was_training)
+        return results
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # ---- Hub integration -------------------------------------------------------------------------------------
+
+    def generate_model_card(self, *args: Any, **kwargs: Any):
+        """Render ``model_card_template.md`` for this model; see ``hub.build_card`` for the accepted kwargs."""
+        return build_card(
+            self._hub_mixin_info.model_card_data,
+            self._hub_mixin_info.model_card_template,
+            self.config,
+            self.num_parameters,
+            repo_url=self._hub_mixin_info.repo_url,
+            **kwargs,
+        )
+
+    @classmethod
+    def _from_pretrained(
+        cls,
+        *,
+        model_id: str,
+        revision: str | None,
+        cache_dir: str | Path | None,
+        force_download: bool,
+        local_files_only: bool,
+        token: str | bool | None,
+        map_location: str = "cpu",
+        strict: bool = True,
+        **model_kwargs: Any,
+    ) -> TextRecognitionModel:
+        """Load ``model.safetensors`` strictly: a missing, extra or mis-shaped weight is an error."""
+        model = cls(**model_kwargs)
+        if os.path.isdir(model_id):
+            weights = os.path.join(model_id, SAFETENSORS_NAME)
+            if not os.path.isfile(weights):
+                raise FileNotFoundError(
+                    f"{weights!r} not found: a model folder holds config.json and {SAFETENSORS_NAME} "
+                    f"(written by save_pretrained). For a DTRB .pth use TextRecognitionModel.from_dtrb_checkpoint."
+                )
+        else:
+            try:
+                weights = hf_hub_download(
+                    repo_id=model_id,
+                    filename=SAFETENSORS_NAME,
+                    revision=revision,
+                    cache_dir=cache_dir,
+                    force_download=force_download,
+                    token=token,
+                    local_files_only=local_files_only,
+                )
+            except EntryNotFoundError:
+                raise FileNotFoundError(f"The Hub repo {model_id!r} has no {SAFETENSORS_NAME}.") from None
+        state_dict = load_file(weights, device="cpu")
+        if strict:
+            state_dict = check_state_dict(model, state_dict, model.config, repr(model_id))
+        model.load_state_dict(state_dict, strict=strict)
+        model.to(map_location)
+        model.eval()
+        return model
+
+    @classmethod
+    def from_dtrb_checkpoint(
+        cls, path: str | os.PathLike, config: ModelConfig | dict[str, Any], map_location: str = "cpu"
+    ) -> TextRecognitionModel:
+        """Load a DTRB ``.pth`` (with or without the ``module.`` prefix) into a model built from ``config``.
+
+        DTRB checkpoints do not record their options: ``config`` must give the ones the model was trained with
+        (stages, ``character``/``sensitive``, ``rgb``, sizes). Every key and shape is checked.
+
+        Raises:
+            CheckpointMismatchError: when the checkpoint does not fit ``config``, with the flags it points to.
+        """
+        model = cls(config)
+        source = repr(os.fspath(path))
+        state_dict = check_state_dict(model, read_dtrb_state_dict(path), model.config, source)
+        verify_tps_buffers(model, state_dict, source)
+        model.load_state_dict(state_dict, strict=True)
+        model.to(map_location)
+        model.eval()
+        return model
+
+    def __repr__(self) -> str:
+        return f"TextRecognitionModel({self.config.stage_string}, {self.num_parameters:,} parameters)"
+
+
+def expected_sequence_length(config: ModelConfig) -> int:
+    """T of the logits for ``config``: CNN columns for CTC, ``batch_max_length + 1`` steps for attention."""
+    if config.prediction == "Attn":
+        return config.batch_max_length + 1
+    columns = config.img_w // 4  # two 2x2 max-pools along the width
+    return columns - 1 if config.feature_extraction == "VGG" else columns + 1
+

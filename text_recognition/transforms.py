@@ -1,0 +1,123 @@
+"""The one image pipeline shared by training (AlignCollate) and inference: DTRB's ResizeNormalize and NormalizePAD.
+
+Both give the same float32 tensors as DTRB for the same PIL image: PIL bicubic resize on the uint8 image (which
+antialiases when downscaling, unlike torch or OpenCV), ``ToTensor`` scaling to [0, 1], then ``(x - 0.5) / 0.5``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+if TYPE_CHECKING:
+    from .config import ModelConfig
+
+ImageInput = Union[Image.Image, str, os.PathLike, np.ndarray, torch.Tensor]
+
+BICUBIC = Image.Resampling.BICUBIC
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """``torchvision.transforms.ToTensor`` for 8-bit L/RGB images: [C, H, W] float32 in [0, 1]."""
+    array = np.array(image, dtype=np.uint8)  # a writable copy
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return torch.from_numpy(array).permute(2, 0, 1).float().div(255)
+
+
+class ResizeNormalize:
+    """Stretch to ``size`` = (width, height) with PIL bicubic, then scale to [-1, 1]."""
+
+    def __init__(self, size: tuple[int, int], interpolation: Image.Resampling = BICUBIC) -> None:
+        self.size = size
+        self.interpolation = interpolation
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return to_tensor(image.resize(self.size, self.interpolation)).sub_(0.5).div_(0.5)
+
+
+class NormalizePAD:
+    """Scale an already resized image to [-1, 1] and right-pad it to ``max_size`` = (C, H, W) by repeating its last
+    column (border replication, not zeros)."""
+
+    def __init__(self, max_size: tuple[int, int, int]) -> None:
+        self.max_size = max_size
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        tensor = to_tensor(image).sub_(0.5).div_(0.5)
+        channels, height, width = tensor.shape
+        padded = torch.zeros(self.max_size)
+        padded[:, :, :width] = tensor
+        if width != self.max_size[2]:
+            padded[:, :, width:] = tensor[:, :, width - 1 : width].expand(channels, height, self.max_size[2] - width)
+        return padded
+
+
+def keep_ratio_width(width: int, height: int, img_h: int, img_w: int) -> int:
+    """DTRB's PAD width: ``ceil(img_h * w / h)``, capped at ``img_w``."""
+    return min(math.ceil(img_h * width / float(height)), img_w)
+
+
+def align_image(image: Image.Image, img_h: int, img_w: int, pad: bool, channels: int) -> torch.Tensor:
+    """One image to [channels, img_h, img_w] in [-1, 1], as DTRB's AlignCollate does (``pad`` = ``--PAD``)."""
+    if not pad:
+        return ResizeNormalize((img_w, img_h))(image)
+    resized_w = keep_ratio_width(*image.size, img_h, img_w)
+    return NormalizePAD((channels, img_h, img_w))(image.resize((resized_w, img_h), BICUBIC))
+
+
+def load_image(image: ImageInput, input_channel: int) -> Image.Image:
+    """A PIL image in mode ``"L"`` (1 channel) or ``"RGB"`` (3) from a PIL image, a path, a uint8 array [H, W] or
+    [H, W, C], or a uint8/float tensor [C, H, W] / [H, W] (floats in [0, 1])."""
+    mode = "RGB" if input_channel == 3 else "L"
+    if isinstance(image, Image.Image):
+        pil = image
+    elif isinstance(image, (str, os.PathLike)):
+        try:
+            with Image.open(image) as opened:
+                pil = opened.convert(mode)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"Image file not found: {os.fspath(image)!r}") from None
+        except OSError as error:
+            raise ValueError(f"Cannot decode image {os.fspath(image)!r}: {error}") from None
+    elif isinstance(image, (np.ndarray, torch.Tensor)):
+        pil = _array_to_pil(image)
+    else:
+        raise TypeError(
+            f"Expected a PIL image, a path, a numpy array or a tensor, got {type(image).__name__}."
+        )
+    return pil if pil.mode == mode else pil.convert(mode)
+
+
+def _array_to_pil(image: np.ndarray | torch.Tensor) -> Image.Image:
+    if isinstance(image, torch.Tensor):
+        tensor = image.detach().cpu()
+        if tensor.ndim == 3:
+            tensor = tensor.permute(1, 2, 0)  # [C, H, W] -> [H, W, C]
+        array = tensor.numpy()
+    else:
+        array = image
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
+        raise ValueError(f"Expected an image array of shape [H, W], [H, W, 3|4] or [C, H, W], got {array.shape}.")
+    if array.dtype != np.uint8:
+        if np.issubdtype(array.dtype, np.floating):
+            array = np.clip(np.round(array * 255.0), 0, 255)
+        array = array.astype(np.uint8)
+    return Image.fromarray(array)
+
+
+def preprocess(images: Sequence[ImageInput], config: ModelConfig) -> torch.Tensor:
+    """Images of any sizes -> a batch [B, C, img_h, img_w] in [-1, 1] for ``config``."""
+    channels = config.input_channel
+    tensors = [
+        align_image(load_image(image, channels), config.img_h, config.img_w, config.pad, channels) for image in images
+    ]
+    return torch.stack(tensors)
