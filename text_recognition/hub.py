@@ -130,8 +130,18 @@ def read_dtrb_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle, zip and weights-only errors all mean "not a DTRB state dict"
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+        # torch's weights-only message starts with advice to disable the check; show the actual reason instead.
+        marker = [i for i, line in enumerate(lines) if "WeightsUnpickler error:" in line]
+        if marker:
+            after = lines[marker[0]].split("WeightsUnpickler error:", 1)[1].strip()
+            reason = after or (lines[marker[0] + 1] if marker[0] + 1 < len(lines) else lines[0])
+        else:
+            reason = lines[0]
+        reason = reason.split(". ")[0].rstrip(".")
         raise ValueError(
-            f"Cannot read {str(path)!r} as a PyTorch state dict with torch.load(weights_only=True): {error}"
+            f"Cannot read {str(path)!r} as a DTRB checkpoint: torch.load(weights_only=True) refused it ({reason}). "
+            f"A DTRB .pth is a plain state dict of tensors saved with torch.save(model.state_dict())."
         ) from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
@@ -229,8 +239,9 @@ def check_state_dict(
     expected = model.state_dict()
     state_dict = dict(state_dict)
     for key, value in expected.items():
-        if key.endswith("num_batches_tracked") and key not in state_dict:
-            state_dict[key] = torch.zeros_like(value)
+        running_mean = key.removesuffix("num_batches_tracked") + "running_mean"
+        if key.endswith("num_batches_tracked") and key not in state_dict and running_mean in state_dict:
+            state_dict[key] = torch.zeros_like(value)  # checkpoints from PyTorch < 0.4.1 lack it
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
     mismatched = sorted(
