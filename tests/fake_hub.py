@@ -42,17 +42,22 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import re
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 import traceback
 from collections.abc import Iterable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-__all__ = ["FakeHub", "git_blob_oid"]
+__all__ = ["FakeHub", "git_blob_oid", "run_client"]
 
 DEFAULT_NAMESPACE = "fake-user"
 _COMMIT_OID_RE = re.compile(r"^[0-9a-f]{40}$")
@@ -546,3 +551,39 @@ class _Handler(BaseHTTPRequestHandler):
         payload["pullRequestUrl"] = f"{self.hub.endpoint}/{repo_id}/discussions/{repo.nb_prs}" if create_pr else None
         self._send_json(payload)
         return True
+
+
+# Env vars that would make the subprocess use something other than the fake Hub, a fresh cache and no token.
+SCRUBBED_ENV = (
+    "HF_HUB_OFFLINE",
+    "TRANSFORMERS_OFFLINE",
+    "HF_TOKEN",
+    "HUGGING_FACE_HUB_TOKEN",
+    "HF_TOKEN_PATH",
+    "HF_HUB_CACHE",
+    "HUGGINGFACE_HUB_CACHE",
+    "HF_XET_CACHE",
+    "HF_HUB_DISABLE_XET",
+)
+
+
+def run_client(
+    hub: FakeHub, code: str, hf_home: Path, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter whose huggingface_hub talks to ``hub`` with its cache under ``hf_home``."""
+    env = {key: value for key, value in os.environ.items() if key not in SCRUBBED_ENV}
+    env.update(
+        HF_ENDPOINT=hub.endpoint,
+        HF_HOME=str(hf_home),
+        HF_HUB_DISABLE_TELEMETRY="1",
+        HF_HUB_DISABLE_PROGRESS_BARS="1",
+        **(extra_env or {}),
+    )
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=env,
+        cwd=hf_home.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )

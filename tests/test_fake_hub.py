@@ -10,54 +10,16 @@ import json
 import os
 import struct
 import subprocess
-import sys
-import textwrap
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
-from fake_hub import FakeHub, git_blob_oid
+from fake_hub import FakeHub, git_blob_oid, run_client
 
 README = "---\nlicense: apache-2.0\ntags:\n- ocr\n---\n# Demo\n\nA tiny test repo.\n"
 CONFIG = {"hidden_size": 8, "character": "0123456789abcdefghijklmnopqrstuvwxyz"}
 BINARY = bytes(range(256)) * 40 + b"\x00\xff\x00"
-
-# Env vars that would make the subprocess use something other than the fake Hub, a fresh cache and no token.
-_SCRUBBED_ENV = (
-    "HF_HUB_OFFLINE",
-    "TRANSFORMERS_OFFLINE",
-    "HF_TOKEN",
-    "HUGGING_FACE_HUB_TOKEN",
-    "HF_TOKEN_PATH",
-    "HF_HUB_CACHE",
-    "HUGGINGFACE_HUB_CACHE",
-    "HF_XET_CACHE",
-    "HF_HUB_DISABLE_XET",
-)
-
-
-def run_client(
-    hub: FakeHub, code: str, hf_home: Path, extra_env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    """Run ``code`` in a fresh interpreter whose huggingface_hub talks to ``hub`` with its cache under ``hf_home``."""
-    env = {key: value for key, value in os.environ.items() if key not in _SCRUBBED_ENV}
-    env.update(
-        HF_ENDPOINT=hub.endpoint,
-        HF_HOME=str(hf_home),
-        HF_HUB_DISABLE_TELEMETRY="1",
-        HF_HUB_DISABLE_PROGRESS_BARS="1",
-        **(extra_env or {}),
-    )
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        env=env,
-        cwd=hf_home.parent,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
 
 def _check(result: subprocess.CompletedProcess[str]) -> str:
     assert result.returncode == 0, f"client failed:\nSTDOUT:\n{result.stdout}\nSTDERR:\n{result.stderr}"

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 from huggingface_hub import PyTorchModelHubMixin, hf_hub_download
-from huggingface_hub.errors import EntryNotFoundError
+from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 from safetensors.torch import load_file
 from torch import nn
 
@@ -137,16 +138,20 @@ class TextRecognitionModel(
         results: list[Recognition] = []
         try:
             for start in range(0, len(images), batch_size):
-                batch = preprocess(images[start : start + batch_size], self.config).to(device)
-                features = self.encode(batch)
-                if self.config.prediction == "Attn":
-                    logits = self.Prediction(features, None, stop_at_eos=True)
-                else:
-                    logits = self.Prediction(features)
-                results += [Recognition(*r) for r in self.tokenizer.decode_with_confidence(logits)]
+                results += self.recognize_batch(preprocess(images[start : start + batch_size], self.config).to(device))
         finally:
             self.train(was_training)
         return results
+
+    @torch.inference_mode()
+    def recognize_batch(self, pixel_values: torch.Tensor) -> list[Recognition]:
+        """Greedy decoding of a preprocessed batch [B, C, img_h, img_w] (attention stops once every row ended)."""
+        features = self.encode(pixel_values)
+        if self.config.prediction == "Attn":
+            logits = self.Prediction(features, None, stop_at_eos=True)
+        else:
+            logits = self.Prediction(features)
+        return [Recognition(*r) for r in self.tokenizer.decode_with_confidence(logits)]
 
     @property
     def num_parameters(self) -> int:
@@ -241,3 +246,45 @@ def expected_sequence_length(config: ModelConfig) -> int:
     columns = config.img_w // 4  # two 2x2 max-pools along the width
     return columns - 1 if config.feature_extraction == "VGG" else columns + 1
 
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def load_model(
+    saved_model: str | os.PathLike, config: ModelConfig | None = None, map_location: str = "cpu"
+) -> TextRecognitionModel:
+    """Load ``--saved_model`` as every script accepts it: a model folder, a Hub repo id, or a DTRB ``.pth``.
+
+    Args:
+        saved_model: a folder written by ``save_pretrained``, a Hub id (``"user/repo"``), or a DTRB checkpoint.
+        config: the architecture of a DTRB ``.pth`` (which does not record it); ignored for folders and Hub ids.
+
+    Raises:
+        FileNotFoundError: nothing found at that path or Hub id.
+        ValueError: a ``.pth`` without ``config``, or weights that do not fit (``CheckpointMismatchError``).
+    """
+    path = Path(saved_model)
+    if path.is_file():
+        if config is None:
+            raise ValueError(
+                f"{str(path)!r} is a file, read as a DTRB checkpoint, which does not record its architecture: "
+                f"give the model flags (--Transformation --FeatureExtraction --SequenceModeling --Prediction, and "
+                f"--character/--sensitive/--rgb/--imgH/--imgW as trained)."
+            )
+        return TextRecognitionModel.from_dtrb_checkpoint(path, config, map_location=map_location)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{str(path)!r} is not a model folder: it has no config.json.")
+        return TextRecognitionModel.from_pretrained(path, map_location=map_location)
+    name = os.fspath(saved_model)
+    if name.endswith((".pth", ".pt")) or not _REPO_ID.match(name):
+        raise FileNotFoundError(f"{name!r} does not exist (expected a model folder, a Hub id or a DTRB .pth).")
+    try:
+        return TextRecognitionModel.from_pretrained(name, map_location=map_location)
+    except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as error:
+        if isinstance(error, FileNotFoundError) and "has no model.safetensors" in str(error):
+            raise
+        raise FileNotFoundError(
+            f"Cannot load {name!r}: no such local folder, and the Hub (or its local cache when offline) has no such "
+            f"model ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})."
+        ) from None

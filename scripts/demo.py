@@ -1,0 +1,64 @@
+#!/usr/bin/env python
+"""Read every word image in a folder, as DTRB's demo.py: prints and appends to ./log_demo_result.txt.
+
+    python scripts/demo.py --image_folder demo_image/ --saved_model user/repo
+    python scripts/demo.py --image_folder demo_image/ --saved_model TPS-ResNet-BiLSTM-Attn.pth \\
+        --Transformation TPS --FeatureExtraction ResNet --SequenceModeling BiLSTM --Prediction Attn
+
+--saved_model is a model folder, a Hub id, or a DTRB .pth with its model flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import torch
+
+from text_recognition.cli import add_model_arguments, model_config_from_args, model_flags_given, run
+from text_recognition.inference import find_images, recognize_files
+from text_recognition.model import load_model
+
+LOG_FILE = "log_demo_result.txt"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--image_folder", required=True, help="folder of .jpg/.jpeg/.png word images (recursive)")
+    parser.add_argument("--saved_model", required=True, help="model folder, Hub id, or DTRB .pth")
+    parser.add_argument("--batch_size", type=int, default=192, help="images per forward pass (default 192)")
+    parser.add_argument("--workers", type=int, default=4, help="image-decoding worker processes (default 4)")
+    add_model_arguments(parser)
+    args = parser.parse_args(argv)
+
+    config = model_config_from_args(args, require_stages=False)
+    model = load_model(args.saved_model, config).to("cuda" if torch.cuda.is_available() else "cpu")
+    if config is None and model_flags_given(args):
+        print(f"note: {args.saved_model} records its own configuration; ignoring {' '.join(model_flags_given(args))}",
+              file=sys.stderr)  # fmt: skip
+    paths = find_images(args.image_folder)
+    if not paths:
+        raise ValueError(f"No .jpg/.jpeg/.png images under {args.image_folder!r}.")
+
+    dashed_line = "-" * 80
+    head = f"{'image_path':25s}\t{'predicted_labels':25s}\tconfidence score"
+    failures = 0
+    with open(LOG_FILE, "a", encoding="utf-8") as log:
+        print(f"{dashed_line}\n{head}\n{dashed_line}")
+        log.write(f"{dashed_line}\n{head}\n{dashed_line}\n")
+        for result in recognize_files(model, paths, args.batch_size, args.workers):
+            if result.error:
+                failures += 1
+                print(f"skipped {result.path}: {result.error}", file=sys.stderr)
+                continue
+            line = f"{str(result.path):25s}\t{result.recognition.text:25s}\t{result.recognition.confidence:0.4f}"
+            print(line)
+            log.write(line + "\n")
+    if failures:
+        print(f"{failures} of {len(paths)} images could not be decoded (listed above)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))

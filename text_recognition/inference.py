@@ -1,0 +1,79 @@
+"""Reading folders of word images: file discovery as DTRB's demo.py did it, and batched, fault-tolerant recognition
+with DataLoader workers."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
+
+import torch
+from torch.utils.data import DataLoader
+
+from .transforms import align_image, load_image
+
+if TYPE_CHECKING:
+    from .config import ModelConfig
+    from .model import Recognition, TextRecognitionModel
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+
+
+def natural_key(text: str) -> list[int | str]:
+    """Sort key that orders ``demo_2`` before ``demo_10``."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
+
+
+def find_images(folder: str | os.PathLike) -> list[Path]:
+    """Every .jpg/.jpeg/.png (any case) under ``folder``, recursively, in natural order, as DTRB's RawDataset."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise NotADirectoryError(f"Image folder not found: {str(folder)!r}")
+    paths = [p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+    return sorted(paths, key=lambda p: natural_key(str(p)))
+
+
+class FileResult(NamedTuple):
+    path: Path
+    recognition: Recognition | None
+    error: str | None
+
+
+class _LoadBatch:
+    """Collate function run in DataLoader workers: decode + preprocess, keeping per-file errors."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        self.config = config
+
+    def __call__(self, paths: list[Path]) -> tuple[list[Path], torch.Tensor | None, list[str | None]]:
+        tensors, errors = [], []
+        channels = self.config.input_channel
+        for path in paths:
+            try:
+                image = load_image(path, channels)
+            except (OSError, ValueError) as error:
+                errors.append(str(error))
+                continue
+            tensors.append(align_image(image, self.config.img_h, self.config.img_w, self.config.pad, channels))
+            errors.append(None)
+        return paths, (torch.stack(tensors) if tensors else None), errors
+
+
+def recognize_files(
+    model: TextRecognitionModel, paths: list[Path], batch_size: int = 192, num_workers: int = 0
+) -> Iterator[FileResult]:
+    """Recognise image files, in the given order. A file that cannot be decoded yields a result with ``error`` set
+    instead of stopping the run (DTRB silently substituted a black image)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+    if num_workers < 0:
+        raise ValueError(f"workers must be 0 or more, got {num_workers}.")
+    model.eval()
+    device = next(model.parameters()).device
+    loader = DataLoader(paths, batch_size=batch_size, num_workers=num_workers, collate_fn=_LoadBatch(model.config))
+    for batch_paths, tensors, errors in loader:
+        recognitions = iter(model.recognize_batch(tensors.to(device)) if tensors is not None else [])
+        for path, error in zip(batch_paths, errors):
+            yield FileResult(path, None if error else next(recognitions), error)
