@@ -39,3 +39,27 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
     env.update(extra)
     return env
+
+
+def png_bytes(width: int = 60, height: int = 32, seed: int = 0, mode: str = "L") -> bytes:
+    """A small random image, PNG-encoded."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    shape = (height, width) if mode == "L" else (height, width, 3)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def make_lmdb(path: Path, labels: list[str], corrupt: set[int] = frozenset(), seed: int = 0) -> list[bytes]:
+    """A DTRB LMDB with one random PNG per label; 0-based positions in ``corrupt`` get undecodable bytes."""
+    from text_recognition.data.lmdb import write_lmdb
+
+    images = [b"corrupt image" if i in corrupt else png_bytes(30 + 7 * (i % 9), 32, seed * 1000 + i)
+              for i in range(len(labels))]  # fmt: skip
+    write_lmdb(zip(images, labels), path)
+    return images

@@ -78,11 +78,23 @@ def model_flags_given(args: argparse.Namespace) -> list[str]:
     return flags + [flags[0] for flags, dest, _ in _MODEL_SWITCHES if getattr(args, dest)]
 
 
+def str2bool(value: str | bool) -> bool:
+    """``--flag=False`` / ``--flag true`` / ``--flag 0`` as DTRB's fire-based scripts accepted them."""
+    if isinstance(value, bool):
+        return value
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "y", "on"):
+        return True
+    if lowered in ("0", "false", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (True/False), got {value!r}")
+
+
 def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
     """Run a script's ``main``: user errors print ``error: ...`` on stderr and exit 1, without a traceback."""
     try:
         return main(argv)
-    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

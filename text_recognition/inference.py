@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 from torch.utils.data import DataLoader
 
-from .transforms import align_image, load_image
+from .transforms import align_batch, load_image
 
 if TYPE_CHECKING:
     from .config import ModelConfig
@@ -48,17 +48,16 @@ class _LoadBatch:
         self.config = config
 
     def __call__(self, paths: list[Path]) -> tuple[list[Path], torch.Tensor | None, list[str | None]]:
-        tensors, errors = [], []
-        channels = self.config.input_channel
+        images, errors = [], []
+        config = self.config
         for path in paths:
             try:
-                image = load_image(path, channels)
+                images.append(load_image(path, config.input_channel))
+                errors.append(None)
             except (OSError, ValueError) as error:
                 errors.append(str(error))
-                continue
-            tensors.append(align_image(image, self.config.img_h, self.config.img_w, self.config.pad, channels))
-            errors.append(None)
-        return paths, (torch.stack(tensors) if tensors else None), errors
+        batch = align_batch(images, config.img_h, config.img_w, config.pad, config.input_channel) if images else None
+        return paths, batch, errors
 
 
 def recognize_files(

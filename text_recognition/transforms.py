@@ -64,12 +64,30 @@ def keep_ratio_width(width: int, height: int, img_h: int, img_w: int) -> int:
     return min(math.ceil(img_h * width / float(height)), img_w)
 
 
+def align_batch(images: Sequence[Image.Image], img_h: int, img_w: int, pad: bool, channels: int) -> torch.Tensor:
+    """PIL images (already in mode L or RGB) -> [B, channels, img_h, img_w] in [-1, 1], tensor-equal to DTRB's
+    AlignCollate (``pad`` = ``--PAD``).
+
+    The resized uint8 pixels (and, with ``pad``, the repeated last column) are written into one uint8 batch that is
+    normalised once: the same float32 operations per element as DTRB's per-image ToTensor, sub and div, without the
+    per-image tensor overhead.
+    """
+    batch = np.empty((len(images), img_h, img_w, channels), dtype=np.uint8)
+    for i, image in enumerate(images):
+        if pad:
+            width = keep_ratio_width(*image.size, img_h, img_w)
+            resized = np.asarray(image.resize((width, img_h), BICUBIC)).reshape(img_h, width, channels)
+            batch[i, :, :width] = resized
+            batch[i, :, width:] = resized[:, width - 1 : width]
+        else:
+            batch[i] = np.asarray(image.resize((img_w, img_h), BICUBIC)).reshape(img_h, img_w, channels)
+    tensor = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255)
+    return tensor.sub_(0.5).div_(0.5).contiguous()
+
+
 def align_image(image: Image.Image, img_h: int, img_w: int, pad: bool, channels: int) -> torch.Tensor:
     """One image to [channels, img_h, img_w] in [-1, 1], as DTRB's AlignCollate does (``pad`` = ``--PAD``)."""
-    if not pad:
-        return ResizeNormalize((img_w, img_h))(image)
-    resized_w = keep_ratio_width(*image.size, img_h, img_w)
-    return NormalizePAD((channels, img_h, img_w))(image.resize((resized_w, img_h), BICUBIC))
+    return align_batch([image], img_h, img_w, pad, channels)[0]
 
 
 def load_image(image: ImageInput, input_channel: int) -> Image.Image:
@@ -117,7 +135,5 @@ def _array_to_pil(image: np.ndarray | torch.Tensor) -> Image.Image:
 def preprocess(images: Sequence[ImageInput], config: ModelConfig) -> torch.Tensor:
     """Images of any sizes -> a batch [B, C, img_h, img_w] in [-1, 1] for ``config``."""
     channels = config.input_channel
-    tensors = [
-        align_image(load_image(image, channels), config.img_h, config.img_w, config.pad, channels) for image in images
-    ]
-    return torch.stack(tensors)
+    pils = [load_image(image, channels) for image in images]
+    return align_batch(pils, config.img_h, config.img_w, config.pad, channels)

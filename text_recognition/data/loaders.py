@@ -1,0 +1,158 @@
+"""From ``--train_data`` / ``--valid_data`` to what a DataLoader needs: DTRB's source selection, filtering, usage
+ratio and exact batch mixing, with DTRB's ``log_dataset.txt`` lines and per-reason filtering counts."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import datasets
+
+from ..config import ModelConfig
+from .collate import TextCollator
+from .datasets import filter_labels_with_counts, load_text_dataset
+from .labels import KEPT
+from .mixing import BatchBalancedSampler, MixedSources, parse_batch_ratio, parse_select_data, source_batch_sizes
+
+DASHED = "-" * 80
+
+
+@dataclass
+class TextData:
+    """A filtered, mixed data source ready for a DataLoader (``batch_sampler=sampler, collate_fn=collator``)."""
+
+    dataset: MixedSources
+    collator: TextCollator
+    log: str
+    counts: dict[str, Counter] = field(default_factory=dict)  # source -> reason -> samples
+    sampler: BatchBalancedSampler | None = None
+    batch_sizes: list[int] = field(default_factory=list)  # per selected group, in select_data order
+
+
+def _filtered_sources(
+    data: str | os.PathLike, select: str, config: ModelConfig, data_filtering_off: bool
+) -> list[tuple[str, datasets.Dataset, Counter, list[int] | None]]:
+    try:
+        loaded = load_text_dataset(data, select)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"{error} (select_data token {select!r})") from None
+    result = []
+    for name, dataset in loaded.items():
+        dataset = dataset.cast_column("image", datasets.Image(decode=False))
+        filtered, counts, kept = filter_labels_with_counts(dataset, config, data_filtering_off)
+        result.append((name, filtered, counts, kept))
+    return result
+
+
+def _counts_text(counts: Counter) -> str:
+    dropped = ", ".join(f"{reason} {n}" for reason, n in sorted(counts.items()) if reason != KEPT and n)
+    return f"kept {counts[KEPT]} of {sum(counts.values())}" + (f" (dropped: {dropped})" if dropped else "")
+
+
+def _empty_error(name: str, counts: Counter, config: ModelConfig) -> ValueError:
+    return ValueError(
+        f"No sample of {name!r} is left after filtering: {_counts_text(counts)}. 'too_long' means longer than "
+        f"batch_max_length={config.batch_max_length}; 'out_of_charset' means a symbol outside --character "
+        f"({len(config.character)} symbols{', case-sensitive' if config.sensitive else ''}). Adjust "
+        f"--character/--sensitive/--batch_max_length, or pass --data_filtering_off."
+    )
+
+
+def build_train_data(
+    train_data: str | os.PathLike,
+    config: ModelConfig,
+    *,
+    select_data: str | Sequence[str] = "MJ-ST",
+    batch_ratio: str | Sequence[float] = "0.5-0.5",
+    total_data_usage_ratio: float = 1.0,
+    batch_size: int = 192,
+    data_filtering_off: bool = False,
+    seed: int = 1111,
+    rank: int = 0,
+    world_size: int = 1,
+    start_iteration: int = 0,
+) -> TextData:
+    """DTRB's Batch_Balanced_Dataset: for each ``select_data`` token, the sources whose name starts with it, filtered
+    and concatenated, of which the first ``int(total * total_data_usage_ratio)`` samples are used; each batch holds
+    ``max(round(batch_size * ratio), 1)`` samples of each.
+
+    Raises:
+        FileNotFoundError: ``train_data`` missing, or a token matching no source (the error lists what exists).
+        ValueError: mismatched ``select_data``/``batch_ratio``, or a token with no sample left after filtering.
+    """
+    tokens = parse_select_data(select_data)
+    ratios = parse_batch_ratio(batch_ratio, len(tokens))
+    if not 0 < float(total_data_usage_ratio) <= 1:
+        raise ValueError(f"total_data_usage_ratio must be in (0, 1], got {total_data_usage_ratio}.")
+    counts_per_batch = source_batch_sizes(batch_size, ratios)
+
+    log = [DASHED, f"dataset_root: {train_data}", f"opt.select_data: {tokens}", f"opt.batch_ratio: {ratios}", DASHED]
+    members, group_sizes, all_counts = [], [], {}
+    for token, ratio, per_batch in zip(tokens, ratios, counts_per_batch):
+        sources = _filtered_sources(train_data, token, config, data_filtering_off)
+        log.append(f"dataset_root:    {train_data}\t dataset: {token}")
+        total = 0
+        for name, dataset, counts, _ in sources:
+            all_counts[name] = counts
+            total += len(dataset)
+            log.append(f"sub-directory:\t/{name}\t num samples: {len(dataset)}\t filtering: {_counts_text(counts)}")
+        if total == 0:
+            merged = sum((counts for _, _, counts, _ in sources), Counter())
+            raise _empty_error(token, merged, config)
+        used = int(total * float(total_data_usage_ratio))
+        if used == 0:
+            raise ValueError(
+                f"total_data_usage_ratio={total_data_usage_ratio} leaves no sample of {token!r} ({total} samples)."
+            )
+        remaining = used
+        for name, dataset, _, kept in sources:
+            take = min(len(dataset), remaining)
+            if take:
+                members.append((name, dataset, take, kept))
+            remaining -= take
+        group_sizes.append(used)
+        log.append(f"num total samples of {token}: {total} x {float(total_data_usage_ratio)} (total_data_usage_ratio) = {used}")
+        log.append(f"num samples of {token} per batch: {batch_size} x {ratio} (batch_ratio) = {per_batch}")
+        log.append(DASHED)
+    total_batch = sum(counts_per_batch)
+    log.append(f"Total_batch_size: {'+'.join(map(str, counts_per_batch))} = {total_batch}")
+    log.append(DASHED)
+
+    sampler = BatchBalancedSampler(
+        group_sizes, counts_per_batch, seed=seed, rank=rank, world_size=world_size, start_iteration=start_iteration
+    )
+    return TextData(
+        dataset=MixedSources(members),
+        collator=TextCollator(config, data_filtering_off),
+        log="\n".join(log) + "\n",
+        counts=all_counts,
+        sampler=sampler,
+        batch_sizes=counts_per_batch,
+    )
+
+
+def build_eval_data(
+    data: str | os.PathLike, config: ModelConfig, *, select_data: str = "/", data_filtering_off: bool = False
+) -> TextData:
+    """All sources under ``data`` (DTRB's ``hierarchical_dataset(select_data='/')``), filtered, in name order, for
+    sequential evaluation.
+
+    Raises:
+        FileNotFoundError: ``data`` missing or holding no source.
+        ValueError: no sample left after filtering.
+    """
+    sources = _filtered_sources(data, select_data, config, data_filtering_off)
+    log = [f"dataset_root:    {data}\t dataset: {select_data}"]
+    for name, dataset, counts, _ in sources:
+        log.append(f"sub-directory:\t/{name}\t num samples: {len(dataset)}\t filtering: {_counts_text(counts)}")
+    if sum(len(dataset) for _, dataset, _, _ in sources) == 0:
+        raise _empty_error(os.fspath(data), sum((c for _, _, c, _ in sources), Counter()), config)
+    members = [(name, dataset, len(dataset), kept) for name, dataset, _, kept in sources if len(dataset)]
+    return TextData(
+        dataset=MixedSources(members),
+        collator=TextCollator(config, data_filtering_off),
+        log="\n".join(log) + "\n",
+        counts={name: counts for name, _, counts, _ in sources},
+    )

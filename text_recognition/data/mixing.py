@@ -1,0 +1,186 @@
+"""Exact per-batch mixing of several sources, as DTRB's Batch_Balanced_Dataset: every batch holds
+``max(round(batch_size * ratio), 1)`` samples of each source.
+
+DTRB ran one DataLoader per source and concatenated their batches; the end of a source's epoch then gave a short
+batch, a ``ValueError`` silently dropped a source, and nothing was resumable. Here one sampler draws every batch:
+each source is an endless stream of reshuffled epochs (a permutation per (seed, source, epoch)), cut into
+consecutive slices. Process ``rank`` of ``world_size`` takes slice ``iteration * world_size + rank``, so processes
+never overlap, and any iteration's batch is computed directly, which makes resuming exact and free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+from torch.utils.data import Dataset, Sampler
+
+
+def parse_select_data(select_data: str | Sequence[str]) -> list[str]:
+    """``"MJ-ST"`` (DTRB's spelling) or ``["MJ", "ST"]`` -> ``["MJ", "ST"]``."""
+    tokens = select_data.split("-") if isinstance(select_data, str) else list(select_data)
+    tokens = [token.strip() for token in tokens]
+    if not tokens or any(not token for token in tokens):
+        raise ValueError(f"select_data must name at least one source, e.g. 'MJ-ST' or ['MJ', 'ST']; got {select_data!r}.")
+    return tokens
+
+
+def parse_batch_ratio(batch_ratio: str | float | Sequence[float | str], num_sources: int) -> list[float]:
+    """``"0.5-0.5"`` or ``[0.5, 0.5]`` -> ``[0.5, 0.5]``, one positive ratio per selected source."""
+    if isinstance(batch_ratio, str):
+        parts: Sequence[Any] = batch_ratio.split("-")
+    elif isinstance(batch_ratio, (int, float)):
+        parts = [batch_ratio]
+    else:
+        parts = list(batch_ratio)
+    try:
+        ratios = [float(part) for part in parts]
+    except ValueError:
+        raise ValueError(f"batch_ratio must be numbers such as '0.5-0.5', got {batch_ratio!r}.") from None
+    if len(ratios) != num_sources:
+        raise ValueError(
+            f"batch_ratio has {len(ratios)} value(s) ({batch_ratio!r}) but select_data names {num_sources} source(s): "
+            f"give one ratio per source, e.g. --select_data MJ-ST --batch_ratio 0.5-0.5."
+        )
+    if any(ratio <= 0 for ratio in ratios):
+        raise ValueError(f"batch_ratio values must be positive, got {batch_ratio!r}.")
+    return ratios
+
+
+def source_batch_sizes(batch_size: int, ratios: Sequence[float]) -> list[int]:
+    """DTRB's per-source batch sizes: ``max(round(batch_size * ratio), 1)`` (Python's round: half to even)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+    return [max(round(batch_size * float(ratio)), 1) for ratio in ratios]
+
+
+class BatchBalancedSampler(Sampler[list[int]]):
+    """Yields batches of indices into the concatenation of the sources, ``counts[j]`` from source ``j`` each.
+
+    Args:
+        sizes: number of samples of each source (in the concatenation, source ``j`` starts after sources < ``j``).
+        counts: samples per batch from each source (``source_batch_sizes``).
+        seed: shuffling seed; the same seed gives the same batches.
+        rank, world_size: this process's share in distributed training; processes see disjoint samples.
+        start_iteration: the first batch to yield (resume).
+        num_batches: stop after this many batches (``None``: endless, as training by iteration needs).
+    """
+
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        counts: Sequence[int],
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        start_iteration: int = 0,
+        num_batches: int | None = None,
+    ) -> None:
+        if len(sizes) != len(counts) or not sizes:
+            raise ValueError(f"sizes and counts must have one entry per source, got {list(sizes)} and {list(counts)}.")
+        empty = [j for j, n in enumerate(sizes) if n <= 0]
+        if empty:
+            raise ValueError(f"Source(s) {empty} have no samples; a batch cannot draw from an empty source.")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size), got rank {rank} of {world_size}.")
+        self.sizes = [int(n) for n in sizes]
+        self.counts = [int(c) for c in counts]
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)[:-1]]).astype(np.int64)
+        self.seed = seed
+        self.rank, self.world_size = rank, world_size
+        self.iteration = start_iteration
+        self.num_batches = num_batches
+        self._perm_cache: dict[tuple[int, int], np.ndarray] = {}
+
+    @property
+    def batch_size(self) -> int:
+        return sum(self.counts)
+
+    def _permutation(self, source: int, epoch: int) -> np.ndarray:
+        key = (source, epoch)
+        if key not in self._perm_cache:
+            if len(self._perm_cache) > 4 * len(self.sizes):
+                self._perm_cache.clear()
+            rng = np.random.default_rng([self.seed, source, epoch])
+            self._perm_cache[key] = rng.permutation(self.sizes[source])
+        return self._perm_cache[key]
+
+    def _take(self, source: int, start: int, count: int) -> list[int]:
+        """``count`` indices of the source's endless stream from stream position ``start``."""
+        size = self.sizes[source]
+        indices: list[int] = []
+        while count:
+            epoch, offset = divmod(start, size)
+            take = min(count, size - offset)
+            indices += (self.offsets[source] + self._permutation(source, epoch)[offset : offset + take]).tolist()
+            start += take
+            count -= take
+        return indices
+
+    def batch(self, iteration: int) -> list[int]:
+        """The batch of this process at ``iteration``."""
+        slot = iteration * self.world_size + self.rank
+        return [i for j, count in enumerate(self.counts) for i in self._take(j, slot * count, count)]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        while self.num_batches is None or self.iteration < self.num_batches:
+            batch = self.batch(self.iteration)
+            self.iteration += 1
+            yield batch
+
+    def __len__(self) -> int:
+        if self.num_batches is None:
+            raise TypeError("An endless BatchBalancedSampler has no length; give num_batches for a finite one.")
+        return max(self.num_batches - self.iteration, 0)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"iteration": self.iteration, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.iteration = int(state["iteration"])
+        self.seed = int(state["seed"])
+        self._perm_cache.clear()
+
+
+class MixedSources(Dataset):
+    """The concatenation of several ``datasets.Dataset`` sources with rows tagged by source and index.
+
+    ``sources`` is ``[(name, dataset, used, original_rows)]``: the first ``used`` rows of each dataset take part
+    (DTRB's ``total_data_usage_ratio`` takes the first N samples); ``original_rows`` (or ``None``) maps a row of a
+    filtered dataset back to its row in the stored source, for reporting. Rows are ``{"image", "label", "source",
+    "index"}``; fetching a batch reads each source's rows in one call (``__getitems__``), without decoding images.
+    """
+
+    def __init__(self, sources: Sequence[tuple[str, Any, int, Sequence[int] | None]]) -> None:
+        self.names = [source[0] for source in sources]
+        self.datasets = [source[1] for source in sources]
+        self.sizes = [int(source[2]) for source in sources]
+        self.original_rows = [source[3] for source in sources]
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        indices = np.asarray(indices, dtype=np.int64)
+        if len(indices) and (indices.min() < 0 or indices.max() >= len(self)):
+            raise IndexError(f"Index out of range for {len(self)} samples.")
+        owners = np.searchsorted(self.offsets, indices, side="right") - 1
+        rows: list[dict[str, Any] | None] = [None] * len(indices)
+        for source in np.unique(owners):
+            positions = np.nonzero(owners == source)[0]
+            local = (indices[positions] - self.offsets[source]).tolist()
+            columns = self.datasets[source][local]
+            original = self.original_rows[source]
+            for k, position in enumerate(positions):
+                rows[position] = {
+                    "image": columns["image"][k],
+                    "label": columns["label"][k],
+                    "source": self.names[source],
+                    "index": local[k] if original is None else int(original[local[k]]),
+                }
+        return rows  # type: ignore[return-value]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.__getitems__([index])[0]
