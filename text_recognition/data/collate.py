@@ -66,6 +66,9 @@ def decode_image(data: Any, mode: str) -> Image.Image:
     if isinstance(data, dict):
         data = data["bytes"] if data.get("bytes") is not None else open(data["path"], "rb").read()
     with Image.open(io.BytesIO(data)) as image:
+        if image.mode == mode:
+            image.load()  # decode now: the buffer is closed on leaving the block
+            return image
         return image.convert(mode)
 
 
