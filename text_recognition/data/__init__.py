@@ -13,6 +13,7 @@ from .datasets import (
 from .labels import LabelRules
 from .lmdb import LmdbReader, find_sources, write_lmdb
 from .loaders import TextData, build_eval_data, build_train_data
+from .synth import SyntheticWords
 from .mixing import BatchBalancedSampler, MixedSources, parse_batch_ratio, parse_select_data, source_batch_sizes
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "LmdbReader",
     "MixedSources",
     "SkipTracker",
+    "SyntheticWords",
     "TextCollator",
     "TextData",
     "build_eval_data",
