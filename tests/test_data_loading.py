@@ -66,8 +66,11 @@ def test_convert_tree_keeps_relative_names_and_reports(tmp_path):
 
 
 def test_load_text_dataset_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="neither a local folder nor a loadable Hub dataset"):
+    with pytest.raises(FileNotFoundError, match="Data folder not found"):
         load_text_dataset(tmp_path / "missing")
+    with mock.patch.object(datasets, "get_dataset_config_names", side_effect=ConnectionError("offline")):
+        with pytest.raises(FileNotFoundError, match="neither a local folder nor a loadable Hub dataset"):
+            load_text_dataset("user/missing")
     make_lmdb(tmp_path / "root" / "MJ", ["a"])
     with pytest.raises(FileNotFoundError, match=r"matching select_data 'ST'.*Found: \['MJ'\]"):
         load_text_dataset(tmp_path / "root", select_data="ST")

@@ -100,3 +100,131 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+# Training flags: (DTRB name first, then aliases), dest, type, default, help.
+_TRAIN_FLAGS: list[tuple[tuple[str, ...], str, Any, Any, str]] = [
+    (("--train_data",), "train_data", str, None, "training data: LMDB tree, datasets folders or Hub dataset id"),
+    (("--valid_data",), "valid_data", str, None, "validation data (every source under it is used)"),
+    (("--select_data",), "select_data", str, "MJ-ST", "training sources, '-'-separated prefixes (default MJ-ST)"),
+    (("--batch_ratio",), "batch_ratio", str, "0.5-0.5", "share of each source in every batch (default 0.5-0.5)"),
+    (("--total_data_usage_ratio",), "total_data_usage_ratio", float, 1.0, "fraction of each source used"),
+    (("--workers",), "workers", int, 4, "data loading workers per process (default 4)"),
+    (("--batch_size",), "batch_size", int, 192, "batch size per process (default 192)"),
+    (("--exp_name",), "exp_name", str, None, "run name (default {stages}-Seed{seed})"),
+    (("--output_dir",), "output_dir", str, "saved_models", "runs go to output_dir/exp_name (default saved_models)"),
+    (("--manualSeed", "--manual_seed", "--seed"), "seed", int, 1111, "random seed (default 1111)"),
+    (("--num_iter",), "num_iter", int, 300_000, "optimizer steps (default 300000)"),
+    (("--valInterval", "--val_interval"), "val_interval", int, 2000, "validate every N steps (default 2000)"),
+    (("--saved_model",), "saved_model", str, "", "start from a model folder, Hub id or DTRB .pth"),
+    (("--lr",), "lr", float, 1.0, "learning rate (default 1.0 for Adadelta; ~1e-3 with --adam)"),
+    (("--beta1",), "beta1", float, 0.9, "Adam beta1 (default 0.9)"),
+    (("--rho",), "rho", float, 0.95, "Adadelta rho (default 0.95)"),
+    (("--eps",), "eps", float, 1e-8, "Adadelta eps (default 1e-8)"),
+    (("--grad_clip",), "grad_clip", float, 5.0, "gradient norm clipping (default 5)"),
+    (("--gradient_accumulation_steps",), "gradient_accumulation_steps", int, 1, "batches per optimizer step"),
+    (("--checkpointing_steps",), "checkpointing_steps", int, None, "save a resumable checkpoint every N steps"),
+    (("--checkpoints_total_limit",), "checkpoints_total_limit", int, None, "keep at most N checkpoints"),
+    (("--resume_from_checkpoint",), "resume_from_checkpoint", str, None, "a checkpoint folder or 'latest'"),
+    (("--log_interval",), "log_interval", int, 100, "log the training loss every N steps (default 100)"),
+    (("--report_to",), "report_to", str, None, "tensorboard | none (default: tensorboard when installed)"),
+    (("--hub_model_id",), "hub_model_id", str, None, "Hub repo for --push_to_hub, e.g. user/my-model"),
+]
+_TRAIN_SWITCHES: list[tuple[tuple[str, ...], str, str]] = [
+    (("--FT", "--ft"), "ft", "fine-tune: load what fits from --saved_model and re-initialise the rest"),
+    (("--adam",), "adam", "Adam instead of Adadelta"),
+    (("--baiduCTC", "--baidu_ctc"), "baidu_ctc", "Baidu warp-ctc's loss (summed, divided by batch size)"),
+    (("--data_filtering_off",), "data_filtering_off", "keep every sample (no length/charset filtering)"),
+    (("--push_to_hub",), "push_to_hub", "push each new best-accuracy model to --hub_model_id"),
+    (("--hub_private_repo",), "hub_private_repo", "create the Hub repo as private"),
+]
+
+
+def build_train_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Train a DTRB four-stage model with Accelerate: accelerate launch scripts/train.py ...",
+        allow_abbrev=False,
+    )
+    parser.add_argument("--config", help="YAML or JSON file of flag values (the command line wins)")
+    group = parser.add_argument_group("training (DTRB's train.py flags)")
+    for flags, dest, kind, default, help_text in _TRAIN_FLAGS:
+        group.add_argument(*flags, dest=dest, type=kind, default=default, help=help_text)
+    for flags, dest, help_text in _TRAIN_SWITCHES:
+        group.add_argument(*flags, dest=dest, action="store_true", help=help_text)
+    add_model_arguments(parser)
+    return parser
+
+
+def _config_file_defaults(parser: argparse.ArgumentParser, path: str) -> dict[str, Any]:
+    """Read ``--config FILE``: keys are flag names (DTRB or snake_case, without dashes)."""
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"--config file not found: {path!r}")
+    text = file.read_text(encoding="utf-8")
+    values = json.loads(text) if file.suffix == ".json" else yaml.safe_load(text)
+    if not isinstance(values, dict):
+        raise ValueError(f"--config {path!r} must hold a mapping of flag names to values.")
+    by_name = {
+        option.lstrip("-"): action for action in parser._actions for option in action.option_strings
+    }  # every spelling -> its action
+    defaults, unknown = {}, []
+    for key, value in values.items():
+        action = by_name.get(str(key))
+        if action is None or action.dest in ("help", "config"):
+            unknown.append(key)
+            continue
+        if action.type is not None and value is not None and not isinstance(value, bool):
+            value = action.type(value)
+        defaults[action.dest] = value
+    if unknown:
+        raise ValueError(f"Unknown keys in --config {path!r}: {unknown}. Use the flag names, e.g. batch_size, imgH.")
+    return defaults
+
+
+def parse_train_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse train.py's command line; ``--config FILE`` values become defaults, so the command line wins."""
+    parser = build_train_parser()
+    pre, _ = parser.parse_known_args(argv)
+    if pre.config:
+        parser.set_defaults(**_config_file_defaults(parser, pre.config))
+    return parser.parse_args(argv)
+
+
+def train_configs_from_args(args: argparse.Namespace):
+    """``(ModelConfig, DataConfig, TrainConfig)`` from train.py's arguments.
+
+    Without stage flags, a ``--saved_model`` folder or Hub id supplies the architecture, and the model flags given
+    (e.g. a new ``--character`` with ``--FT``) override it.
+    """
+    from dataclasses import asdict
+
+    from .config import DataConfig, TrainConfig
+
+    model_config = model_config_from_args(args, require_stages=not args.saved_model)
+    if model_config is None:
+        from pathlib import Path
+
+        from .model import load_model
+
+        if Path(args.saved_model).is_file():
+            model_config_from_args(args)  # raises: a DTRB .pth needs its stages
+        base = asdict(load_model(args.saved_model).config)
+        overrides = {dest: getattr(args, dest) for _, dest, _, _ in _MODEL_FLAGS if getattr(args, dest) is not None}
+        if args.rgb:
+            overrides["input_channel"] = 3
+        if args.sensitive and "character" not in overrides:
+            overrides["character"] = None  # --sensitive alone selects the 94-symbol set
+        overrides.update({name: True for name in ("pad", "sensitive") if getattr(args, name)})
+        model_config = ModelConfig(**{**base, **overrides})
+    data_config = DataConfig(
+        train_data=args.train_data or "", valid_data=args.valid_data or "", select_data=args.select_data,
+        batch_ratio=args.batch_ratio, total_data_usage_ratio=args.total_data_usage_ratio,
+        data_filtering_off=args.data_filtering_off, workers=args.workers,
+    )  # fmt: skip
+    train_fields = {f: getattr(args, f) for f in TrainConfig.__dataclass_fields__ if hasattr(args, f)}
+    return model_config, data_config, TrainConfig(**train_fields)

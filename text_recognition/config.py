@@ -156,3 +156,81 @@ class ModelConfig:
                 f"(e.g. 'TPS-ResNet-BiLSTM-Attn'), got {stage_string!r}."
             )
         return cls(*parts, **kwargs)
+
+
+@dataclass
+class DataConfig:
+    """Where the training and validation data come from and how sources are mixed (DTRB's data flags).
+
+    ``select_data``/``batch_ratio`` take DTRB's ``"MJ-ST"``/``"0.5-0.5"`` spellings or lists.
+    """
+
+    train_data: str = ""
+    valid_data: str = ""
+    select_data: str | list[str] = "MJ-ST"
+    batch_ratio: str | list[float] = "0.5-0.5"
+    total_data_usage_ratio: float = 1.0
+    data_filtering_off: bool = False
+    workers: int = 4
+
+    def __post_init__(self) -> None:
+        from .data.mixing import parse_batch_ratio, parse_select_data
+
+        if not self.train_data:
+            raise ValueError("--train_data is required: a folder of LMDBs or datasets folders, or a Hub dataset id.")
+        if not self.valid_data:
+            raise ValueError("--valid_data is required: a folder of LMDBs or datasets folders, or a Hub dataset id.")
+        parse_batch_ratio(self.batch_ratio, len(parse_select_data(self.select_data)))
+        self.total_data_usage_ratio = float(self.total_data_usage_ratio)
+        if not 0 < self.total_data_usage_ratio <= 1:
+            raise ValueError(f"total_data_usage_ratio must be in (0, 1], got {self.total_data_usage_ratio}.")
+        if self.workers < 0:
+            raise ValueError(f"workers must be 0 or more, got {self.workers}.")
+
+
+@dataclass
+class TrainConfig:
+    """How to train: DTRB's optimisation flags plus checkpointing, logging and Hub options.
+
+    ``batch_size`` and ``workers`` are per process (DTRB multiplied them by the GPU count).
+    ``num_iter``, ``val_interval`` and ``checkpointing_steps`` count optimizer steps.
+    """
+
+    output_dir: str = "saved_models"
+    exp_name: str | None = None
+    seed: int = 1111
+    batch_size: int = 192
+    num_iter: int = 300_000
+    val_interval: int = 2000
+    saved_model: str = ""
+    ft: bool = False
+    adam: bool = False
+    lr: float = 1.0
+    beta1: float = 0.9
+    rho: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 5.0
+    baidu_ctc: bool = False
+    gradient_accumulation_steps: int = 1
+    checkpointing_steps: int | None = None
+    checkpoints_total_limit: int | None = None
+    resume_from_checkpoint: str | None = None
+    log_interval: int = 100
+    report_to: str | None = None
+    push_to_hub: bool = False
+    hub_model_id: str | None = None
+    hub_private_repo: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "num_iter", "val_interval", "gradient_accumulation_steps", "log_interval"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        for name in ("checkpointing_steps", "checkpoints_total_limit"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1 (or unset), got {getattr(self, name)}.")
+        if self.lr <= 0 or self.grad_clip <= 0:
+            raise ValueError(f"lr and grad_clip must be positive, got lr={self.lr}, grad_clip={self.grad_clip}.")
+        if self.push_to_hub and not self.hub_model_id:
+            raise ValueError("--push_to_hub needs --hub_model_id (e.g. user/my-model).")
+        if self.ft and not self.saved_model:
+            raise ValueError("--FT fine-tunes a model: give it with --saved_model.")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,14 @@ CITATION = """@inproceedings{baek2019STRcomparisons,
   booktitle={International Conference on Computer Vision (ICCV)},
   year={2019}
 }"""
+
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+
+
+def looks_like_repo_id(name: str) -> bool:
+    """``"user/repo"`` or ``"repo"``, as opposed to a local path (``/data/x``, ``./x``, ``a/b/c``, ``x.pth``)."""
+    return bool(_REPO_ID.match(name)) and not name.endswith((".pth", ".pt")) and ".." not in name
 
 
 class CheckpointMismatchError(ValueError):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -15,7 +14,14 @@ from safetensors.torch import load_file
 from torch import nn
 
 from .config import ModelConfig
-from .hub import build_card, check_state_dict, load_model_card_template, read_dtrb_state_dict, verify_tps_buffers
+from .hub import (
+    build_card,
+    check_state_dict,
+    load_model_card_template,
+    looks_like_repo_id,
+    read_dtrb_state_dict,
+    verify_tps_buffers,
+)
 from .registry import build_stage
 from .tokenizer import build_tokenizer
 from .transforms import ImageInput, preprocess
@@ -247,9 +253,6 @@ def expected_sequence_length(config: ModelConfig) -> int:
     return columns - 1 if config.feature_extraction == "VGG" else columns + 1
 
 
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-
-
 def load_model(
     saved_model: str | os.PathLike, config: ModelConfig | None = None, map_location: str = "cpu"
 ) -> TextRecognitionModel:
@@ -277,7 +280,7 @@ def load_model(
             raise FileNotFoundError(f"{str(path)!r} is not a model folder: it has no config.json.")
         return TextRecognitionModel.from_pretrained(path, map_location=map_location)
     name = os.fspath(saved_model)
-    if name.endswith((".pth", ".pt")) or not _REPO_ID.match(name):
+    if not looks_like_repo_id(name):
         raise FileNotFoundError(f"{name!r} does not exist (expected a model folder, a Hub id or a DTRB .pth).")
     try:
         return TextRecognitionModel.from_pretrained(name, map_location=map_location)

@@ -20,6 +20,7 @@ import datasets
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..hub import looks_like_repo_id
 from .labels import KEPT, LabelRules
 from .lmdb import LmdbReader, find_sources, is_lmdb, select_sources
 
@@ -242,6 +243,8 @@ def load_text_dataset(path_or_id: str | os.PathLike, select_data: str = "/") -> 
             for name, source in sources.items()
         }
         return datasets.DatasetDict(loaded)
+    if not looks_like_repo_id(os.fspath(path_or_id)):
+        raise FileNotFoundError(f"Data folder not found: {os.fspath(path_or_id)!r}")
     return _load_hub_dataset(os.fspath(path_or_id), select_data)
 
 
