@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Render synthetic word images into a DTRB LMDB or a saved datasets.Dataset.
+"""Render synthetic word images into a DTRB LMDB, a saved datasets.Dataset, or image files + a gt.txt.
 
     python scripts/synthesize.py --output data/synth_train --num_samples 20000
     python scripts/synthesize.py --output data/synth_val --num_samples 1000 --seed 1 --format datasets \\
@@ -23,7 +23,8 @@ from text_recognition.data.synth import CASES, IMAGE_FORMATS, SyntheticWords
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", required=True, type=Path, help="new LMDB or dataset folder (must not exist)")
-    parser.add_argument("--format", choices=["lmdb", "datasets"], default="lmdb", help="output format (default lmdb)")
+    parser.add_argument("--format", choices=["lmdb", "datasets", "folder"], default="lmdb",
+                        help="an LMDB, a datasets folder, or image files + gt.txt (default lmdb)")  # fmt: skip
     parser.add_argument("--num_samples", required=True, type=int, help="number of images")
     parser.add_argument("--character", default=CHARSET_36, help="charset, 36_lowercase or 94_full (default 0-9a-z)")
     parser.add_argument("--min_length", type=int, default=3, help="shortest random word (default 3)")
@@ -58,6 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )  # fmt: skip
     if args.format == "lmdb":
         count = synth.write_lmdb(args.output, args.num_samples)
+    elif args.format == "folder":
+        count = synth.write_folder(args.output, args.num_samples)
     else:
         synth.save_dataset(args.output, args.num_samples)
         count = args.num_samples

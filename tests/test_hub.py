@@ -193,3 +193,21 @@ def test_push_errors_are_clear(tmp_path):
         forbidden = run_client(hub, PUSH_CODE.replace("REPO", "acme/secret"), tmp_path / "b")
     assert no_token.returncode != 0 and "401" in no_token.stderr
     assert forbidden.returncode != 0 and "403" in forbidden.stderr
+
+
+def test_push_to_hub_script(tmp_path):
+    tiny().save_pretrained(tmp_path / "run" / "best_accuracy")
+    script = REPO_ROOT / "scripts" / "push_to_hub.py"
+    with FakeHub(forbidden={"acme/secret"}) as hub:
+        ok = run_client(hub, f"import runpy, sys; sys.argv = ['x', '--run_dir', {str(tmp_path / 'run')!r}, "
+                             f"'--hub_model_id', 'acme/pushed', '--token', 'hf_fake']; "
+                             f"runpy.run_path({str(script)!r}, run_name='__main__')", tmp_path / "h1")  # fmt: skip
+        refused = run_client(hub, f"import runpy, sys; sys.argv = ['x', '--model_dir', "
+                                  f"{str(tmp_path / 'run' / 'best_accuracy')!r}, '--hub_model_id', 'acme/secret', "
+                                  f"'--token', 'hf_fake']; runpy.run_path({str(script)!r}, run_name='__main__')",
+                             tmp_path / "h2")  # fmt: skip
+        files = sorted(hub.repos.get("acme/pushed", {}))
+    assert ok.returncode == 0, ok.stderr
+    assert files == ["README.md", "config.json", "model.safetensors"]
+    assert refused.returncode == 1
+    assert "error: The Hub refused the push to 'acme/secret'" in refused.stderr and "HF_TOKEN" in refused.stderr

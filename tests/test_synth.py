@@ -219,3 +219,16 @@ def test_script_end_to_end(tmp_path, capsys):
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
     with pytest.raises(SystemExit):
         synthesize.main(["--output", str(tmp_path / "z"), "--num_samples", "5", "--format", "tfrecord"])
+
+
+def test_write_folder_is_create_lmdb_dataset_input(tmp_path):
+    from text_recognition.data.datasets import read_gt_file
+
+    synth = SyntheticWords(seed=3, image_format="JPEG")
+    assert synth.write_folder(tmp_path / "raw", 4, progress=False) == 4
+    entries = read_gt_file(tmp_path / "raw" / "gt.txt", tmp_path / "raw")
+    assert [e.path.name for e in entries] == [f"word_{i:06d}.jpg" for i in range(1, 5)]
+    for index, entry in enumerate(entries):
+        assert (entry.path.read_bytes(), entry.label) == synth.encoded(index)
+    with pytest.raises(FileExistsError, match="already exists"):
+        synth.write_folder(tmp_path / "raw", 1)

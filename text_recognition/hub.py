@@ -290,3 +290,37 @@ def verify_tps_buffers(model: nn.Module, state_dict: dict[str, torch.Tensor], so
                 f"The TPS constant {key} stored in {source} differs from the one computed for num_fiducial / imgH / "
                 f"imgW of this configuration: the checkpoint was built for another TPS geometry."
             )
+
+
+def push_model_folder(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    token: str | None = None,
+    commit_message: str | None = None,
+) -> str:
+    """Push a model folder (``config.json``, ``model.safetensors``, ``README.md``) to a Hub model repo, creating it if
+    needed, in one commit. Returns the commit URL.
+
+    Raises:
+        FileNotFoundError: the folder is not a complete model folder.
+        PermissionError: the Hub refused (no or bad token, no write access), with the Hub's message.
+    """
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    folder = Path(folder)
+    missing = [name for name in ("config.json", "model.safetensors", "README.md") if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{str(folder)!r} is not a complete model folder: missing {', '.join(missing)}.")
+    api = HfApi(token=token)
+    try:
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        commit = api.upload_folder(repo_id=repo_id, folder_path=folder,
+                                   commit_message=commit_message or f"Upload {folder.name}")  # fmt: skip
+    except HfHubHTTPError as error:
+        status = getattr(error.response, "status_code", None)
+        hint = " Log in with `hf auth login` or set HF_TOKEN to a token with write access." if status in (401, 403) else ""
+        raise PermissionError(f"The Hub refused the push to {repo_id!r}: {str(error).splitlines()[0]}.{hint}") from None
+    return commit.commit_url if hasattr(commit, "commit_url") else str(commit)

@@ -1,5 +1,6 @@
 """Word accuracy and normalised edit distance exactly as DTRB's ``test.py`` computes them, as plain functions (used by
-the training loop) and as ``evaluate.Metric`` modules that work offline (instantiate them directly; no Hub fetch).
+the training loop) and as ``evaluate.Metric`` modules that work offline (``WordAccuracy()``,
+``NormalizedEditDistance()``: instantiate them directly; no Hub fetch).
 
 DTRB's rules:
 - accuracy: exact string match, in percent of the samples loaded;
@@ -15,8 +16,6 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import datasets
-import evaluate
 from rapidfuzz.distance import Levenshtein
 
 _NON_ALNUM = re.compile(r"[^0-9a-z]")
@@ -80,42 +79,11 @@ def score(
     return RecognitionScores(len(references), correct, ned, confidence)
 
 
-_FEATURES = datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")})
-_INPUTS = """
-Args:
-    predictions: recognised texts (attention predictions already cut at the end token).
-    references: ground-truth texts.
-    sensitive, data_filtering_off: DTRB's flags; with both set the comparison is case-insensitive alphanumeric.
-"""
+def __getattr__(name: str):
+    # The evaluate.Metric classes are loaded on first use: importing `evaluate` eagerly would break every script in
+    # scripts/, where scripts/evaluate.py shadows the package.
+    if name in ("WordAccuracy", "NormalizedEditDistance"):
+        from . import _evaluate_metrics
 
-
-class WordAccuracy(evaluate.Metric):
-    """Word accuracy in percent, DTRB's ``test.py`` rule. ``WordAccuracy().compute(predictions=..., references=...)``."""
-
-    def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description="Scene-text word accuracy (percent of exact matches), as DTRB's test.py computes it.",
-            citation="Baek et al., What Is Wrong With Scene Text Recognition Model Comparisons?, ICCV 2019.",
-            inputs_description=_INPUTS,
-            features=_FEATURES,
-        )
-
-    def _compute(self, predictions, references, sensitive: bool = False, data_filtering_off: bool = False):
-        result = score(predictions, references, sensitive=sensitive, data_filtering_off=data_filtering_off)
-        return {"accuracy": result.accuracy}
-
-
-class NormalizedEditDistance(evaluate.Metric):
-    """ICDAR 2019 1 - N.E.D. in [0, 1] (higher is better), DTRB's ``test.py`` rule, empty strings scoring 0."""
-
-    def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description="Mean of 1 - ED / max(len(gt), len(pred)) per sample (0 for empty strings), as DTRB.",
-            citation="ICDAR 2019 Robust Reading Challenge on Reading Chinese Text on Signboard (metric definition).",
-            inputs_description=_INPUTS,
-            features=_FEATURES,
-        )
-
-    def _compute(self, predictions, references, sensitive: bool = False, data_filtering_off: bool = False):
-        result = score(predictions, references, sensitive=sensitive, data_filtering_off=data_filtering_off)
-        return {"norm_ED": result.norm_ED}
+        return getattr(_evaluate_metrics, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,12 +8,13 @@ resuming at step k continues exactly as an uninterrupted run would.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,6 +144,54 @@ class Validation:
 
 
 @torch.no_grad()
+def predict_records(
+    model: TextRecognitionModel,
+    data: TextData,
+    indices: list[int],
+    batch_size: int,
+    *,
+    device: torch.device,
+    num_workers: int = 0,
+    autocast: Callable[[], Any] | None = None,
+    skips: SkipTracker | None = None,
+    loss_kwargs: dict[str, Any] | None = None,
+) -> tuple[list[tuple[str, str, float]], list[float], float]:
+    """Greedy predictions for ``indices`` of ``data``: ``[(ground truth, prediction, confidence)]``, the per-batch
+    losses and the seconds spent in the model (device synchronised)."""
+    tokenizer, config = model.tokenizer, model.config
+    batches = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
+    loader = DataLoader(data.dataset, batch_sampler=batches, collate_fn=data.collator, num_workers=num_workers)
+    was_training = model.training
+    model.eval()
+    records: list[tuple[str, str, float]] = []
+    losses: list[float] = []
+    seconds = 0.0
+    for batch in loader:
+        if skips is not None:
+            skips.update(batch["skipped"])
+        if not batch["labels"]:
+            continue
+        images = batch["pixel_values"].to(device)
+        targets, lengths = tokenizer.encode(batch["labels"], config.batch_max_length)
+        _synchronize(device)
+        start = time.perf_counter()
+        with autocast() if autocast is not None else contextlib.nullcontext():
+            logits = model(images)  # greedy for attention: what is evaluated is what inference gives
+        _synchronize(device)
+        seconds += time.perf_counter() - start
+        losses.append(float(model.loss(logits, targets.to(device), lengths, **(loss_kwargs or {}))))
+        for label, (text, confidence) in zip(batch["labels"], tokenizer.decode_with_confidence(logits)):
+            records.append((label, text, confidence))
+    model.train(was_training)
+    return records, losses, seconds
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
 def evaluate_model(
     model: torch.nn.Module,
     data: TextData,
@@ -160,33 +209,14 @@ def evaluate_model(
     Each process evaluates a contiguous share of the samples; the results are gathered, so every sample counts
     exactly once whatever the number of processes.
     """
-    unwrapped: TextRecognitionModel = accelerator.unwrap_model(model)
-    tokenizer, config = unwrapped.tokenizer, unwrapped.config
     total = len(data.dataset)
     share = -(-total // accelerator.num_processes)
     start = min(accelerator.process_index * share, total)
-    indices = list(range(start, min(start + share, total)))
-    batches = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
-    loader = DataLoader(data.dataset, batch_sampler=batches, collate_fn=data.collator, num_workers=num_workers)
-    was_training = model.training
-    model.eval()
-    records: list[tuple[str, str, float]] = []
-    losses: list[float] = []
-    for batch in loader:
-        if skips is not None:
-            skips.update(batch["skipped"])
-        if not batch["labels"]:
-            continue
-        images = batch["pixel_values"].to(accelerator.device)
-        targets, lengths = tokenizer.encode(batch["labels"], config.batch_max_length)
-        with accelerator.autocast():
-            logits = unwrapped(images)  # greedy for attention: what is evaluated is what inference gives
-        loss = unwrapped.loss(logits, targets.to(images.device), lengths, **({"baidu": True} if baidu_ctc else {}))
-        losses.append(float(loss))
-        for label, (text, confidence) in zip(batch["labels"], tokenizer.decode_with_confidence(logits)):
-            records.append((label, text, confidence))
-    model.train(was_training)
-
+    records, losses, _ = predict_records(
+        accelerator.unwrap_model(model), data, list(range(start, min(start + share, total))), batch_size,
+        device=accelerator.device, num_workers=num_workers, autocast=accelerator.autocast, skips=skips,
+        loss_kwargs={"baidu": True} if baidu_ctc else None,
+    )  # fmt: skip
     gathered_records = gather_object(records) if accelerator.num_processes > 1 else records
     gathered_losses = gather_object(losses) if accelerator.num_processes > 1 else losses
     result = score(

@@ -324,6 +324,28 @@ class SyntheticWords:
             dataset.save_to_disk(os.fspath(path))
             del dataset  # release the memory map before the cache is deleted
 
+    def write_folder(self, path: str | os.PathLike, count: int, progress: bool = True) -> int:
+        """Write ``count`` image files and a DTRB gt file (``gt.txt``: ``<file>\t<label>`` per line) into ``path``,
+        the input format of ``scripts/create_lmdb_dataset.py``.
+
+        Raises:
+            FileExistsError: if ``path`` exists and is not an empty folder.
+        """
+        path = Path(path)
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise FileExistsError(f"{str(path)!r} already exists and is not empty; choose another path or delete it.")
+        (path / "images").mkdir(parents=True)
+        suffix = ".jpg" if self.image_format == "JPEG" else ".png"
+        lines = []
+        for index, (data, label) in enumerate(
+            tqdm(self.generate(count), total=count, desc="rendering", unit=" images", disable=not progress)
+        ):
+            name = f"images/word_{index + 1:06d}{suffix}"
+            (path / name).write_bytes(data)
+            lines.append(f"{name}\t{label}\n")
+        (path / "gt.txt").write_text("".join(lines), encoding="utf-8")
+        return count
+
     def _fingerprint(self, count: int) -> str:
         fonts = None
         if self.fonts is not None:

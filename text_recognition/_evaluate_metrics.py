@@ -1,0 +1,48 @@
+"""``evaluate.Metric`` wrappers of ``text_recognition.metrics.score`` (reached as ``metrics.WordAccuracy`` etc.)."""
+
+from __future__ import annotations
+
+import datasets
+import evaluate
+
+from .metrics import score
+
+_FEATURES = datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")})
+_INPUTS = """
+Args:
+    predictions: recognised texts (attention predictions already cut at the end token).
+    references: ground-truth texts.
+    sensitive, data_filtering_off: DTRB's flags; with both set the comparison is case-insensitive alphanumeric.
+"""
+
+
+class WordAccuracy(evaluate.Metric):
+    """Word accuracy in percent, DTRB's ``test.py`` rule. ``WordAccuracy().compute(predictions=..., references=...)``."""
+
+    def _info(self) -> evaluate.MetricInfo:
+        return evaluate.MetricInfo(
+            description="Scene-text word accuracy (percent of exact matches), as DTRB's test.py computes it.",
+            citation="Baek et al., What Is Wrong With Scene Text Recognition Model Comparisons?, ICCV 2019.",
+            inputs_description=_INPUTS,
+            features=_FEATURES,
+        )
+
+    def _compute(self, predictions, references, sensitive: bool = False, data_filtering_off: bool = False):
+        result = score(predictions, references, sensitive=sensitive, data_filtering_off=data_filtering_off)
+        return {"accuracy": result.accuracy}
+
+
+class NormalizedEditDistance(evaluate.Metric):
+    """ICDAR 2019 1 - N.E.D. in [0, 1] (higher is better), DTRB's ``test.py`` rule, empty strings scoring 0."""
+
+    def _info(self) -> evaluate.MetricInfo:
+        return evaluate.MetricInfo(
+            description="Mean of 1 - ED / max(len(gt), len(pred)) per sample (0 for empty strings), as DTRB.",
+            citation="ICDAR 2019 Robust Reading Challenge on Reading Chinese Text on Signboard (metric definition).",
+            inputs_description=_INPUTS,
+            features=_FEATURES,
+        )
+
+    def _compute(self, predictions, references, sensitive: bool = False, data_filtering_off: bool = False):
+        result = score(predictions, references, sensitive=sensitive, data_filtering_off=data_filtering_off)
+        return {"norm_ED": result.norm_ED}
