@@ -438,6 +438,7 @@ def train(model_config: ModelConfig, data_config: DataConfig, train_config: Trai
     loss_sum, loss_count, images_seen = 0.0, 0, 0
     start_time = time.perf_counter() - state.elapsed
     loop_start = time.perf_counter()
+    excluded = 0.0  # seconds of validation and checkpointing, left out of the training throughput
     window_start, window_images = time.perf_counter(), 0
     bar = tqdm(total=train_config.num_iter, initial=state.iteration, disable=not accelerator.is_local_main_process,
                desc="training", unit="it", dynamic_ncols=True)  # fmt: skip
@@ -477,6 +478,7 @@ def train(model_config: ModelConfig, data_config: DataConfig, train_config: Trai
         if state.iteration == 1 or state.iteration % train_config.val_interval == 0 or (
             state.iteration == train_config.num_iter
         ):
+            pause = time.perf_counter()
             valid = evaluate_model(
                 model, valid_data, accelerator, train_config.batch_size, num_workers=data_config.workers,
                 sensitive=model_config.sensitive, data_filtering_off=data_config.data_filtering_off,
@@ -509,11 +511,15 @@ def train(model_config: ModelConfig, data_config: DataConfig, train_config: Trai
                              "valid/norm_ED": valid.norm_ED, "valid/mean_confidence": valid.mean_confidence},
                             step=state.iteration)  # fmt: skip
             loss_sum, loss_count = 0.0, 0
+            excluded += time.perf_counter() - pause
+            window_start = time.perf_counter()
 
         if train_config.checkpointing_steps and state.iteration % train_config.checkpointing_steps == 0:
+            pause = time.perf_counter()
             state.elapsed = time.perf_counter() - start_time
             state.skipped = dict(skips.counts)
             _save_checkpoint(accelerator, checkpoints_dir, state, train_config.checkpoints_total_limit)
+            excluded += time.perf_counter() - pause
 
     bar.close()
     accelerator.wait_for_everyone()
@@ -528,7 +534,9 @@ def train(model_config: ModelConfig, data_config: DataConfig, train_config: Trai
         "final_mean_confidence": last_valid.mean_confidence if last_valid else None,
         "validation_samples": last_valid.num_samples if last_valid else None,
         "train_runtime": runtime,
-        "train_images_per_second": images_seen * accelerator.num_processes / (time.perf_counter() - loop_start),
+        # optimizer steps only: validation and checkpoint time excluded
+        "train_images_per_second": images_seen * accelerator.num_processes
+        / max(time.perf_counter() - loop_start - excluded, 1e-9),
         "num_parameters": unwrap(accelerator, model).num_parameters,
         "corrupt_images_skipped": dict(skips.counts),
     }

@@ -1,0 +1,137 @@
+#!/usr/bin/env python
+"""Training throughput: ``scripts/train.py`` under ``accelerate launch`` against a DTRB-style loop, in one run.
+
+Baseline, written here from reference/dtrb.md 2.2, 2.5, 2.6 and 5.2: DTRB's LmdbDataset + one shuffled DataLoader
+per source + per-image AlignCollate (``benchmarks/data.py``), the same model class (DTRB's maths), DTRB's
+initialisation, Adadelta, ``clip_grad_norm_(5)``, CTC (log_softmax, permute, CTCLoss(zero_infinity)) or
+cross-entropy with teacher forcing, ``DataParallel`` as DTRB wraps it, no Accelerate, fp32 (DTRB has no mixed
+precision).
+
+Ours: ``accelerate launch --config_file accelerate_configs/cpu.yaml [--mixed_precision bf16] scripts/train.py``,
+throughput read from ``all_results.json`` (``train_images_per_second``: every optimizer step, validation excluded).
+
+    python benchmarks/train.py                                   # TRBA and CRNN, batch 32, fp32 and bf16
+    python benchmarks/train.py --models None-VGG-BiLSTM-CTC --iterations 60
+
+Same data for both: MJSynth-like JPEG words in two LMDBs mixed 0.5/0.5, ``--workers`` data workers each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from text_recognition import ModelConfig, TextRecognitionModel
+from text_recognition.data import SyntheticWords
+
+ROOT = Path(__file__).resolve().parent.parent
+_spec = importlib.util.spec_from_file_location("data_benchmark", ROOT / "benchmarks" / "data.py")
+data_benchmark = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(data_benchmark)
+
+
+def dtrb_style_train(root: Path, stages: str, batch_size: int, iterations: int, workers: int) -> float:
+    """Images/s of DTRB's train.py inner loop over ``iterations`` steps (after 2 warm-up steps)."""
+    torch.manual_seed(1111)
+    config = ModelConfig.from_stage_string(stages)
+    model = TextRecognitionModel(config)
+    model.init_weights()
+    model = torch.nn.DataParallel(model).train()
+    tokenizer = model.module.tokenizer
+    optimizer = torch.optim.Adadelta([p for p in model.parameters() if p.requires_grad], lr=1.0, rho=0.95, eps=1e-8)
+    ctc = torch.nn.CTCLoss(zero_infinity=True)
+    cross_entropy = torch.nn.CrossEntropyLoss(ignore_index=0)
+    loaders = []
+    for name in ("MJ", "ST"):
+        dataset = data_benchmark.DtrbLmdbDataset(str(root / name), config.character, 25, False, False)
+        loader = DataLoader(dataset, batch_size=batch_size // 2, shuffle=True, num_workers=workers,
+                            collate_fn=data_benchmark.DtrbAlignCollate(32, 100), drop_last=True)  # fmt: skip
+        loaders.append([loader, iter(loader)])
+
+    def get_batch():
+        images, labels = [], []
+        for pair in loaders:
+            try:
+                image, label = next(pair[1])
+            except StopIteration:
+                pair[1] = iter(pair[0])
+                image, label = next(pair[1])
+            images.append(image)
+            labels += label
+        return torch.cat(images, 0), labels
+
+    seen, start = 0, None
+    for step in range(iterations + 2):
+        if step == 2:
+            seen, start = 0, time.perf_counter()
+        image, labels = get_batch()
+        text, length = tokenizer.encode(labels, 25)
+        if config.prediction == "CTC":
+            preds = model(image)
+            preds_size = torch.IntTensor([preds.size(1)] * image.size(0))
+            cost = ctc(preds.log_softmax(2).permute(1, 0, 2), text, preds_size, length)
+        else:
+            preds = model(image, text[:, :-1])
+            cost = cross_entropy(preds.view(-1, preds.shape[-1]), text[:, 1:].contiguous().view(-1))
+        model.zero_grad()
+        cost.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5)
+        optimizer.step()
+        seen += image.size(0)
+    return seen / (time.perf_counter() - start)
+
+
+def ours(root: Path, work: Path, stages: str, batch_size: int, iterations: int, workers: int, precision: str) -> float:
+    run = work / f"{stages}-{precision}"
+    transformation, feature, sequence, prediction = stages.split("-")
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(ROOT / "accelerate_configs" / "cpu.yaml"), "--mixed_precision", precision,
+               str(ROOT / "scripts" / "train.py"), "--train_data", str(root), "--valid_data", str(root / "valid"),
+               "--select_data", "MJ-ST", "--batch_ratio", "0.5-0.5", "--batch_size", str(batch_size),
+               "--num_iter", str(iterations), "--valInterval", str(10**9), "--workers", str(workers),
+               "--output_dir", str(run), "--exp_name", "run", "--report_to", "none",
+               "--Transformation", transformation, "--FeatureExtraction", feature, "--SequenceModeling", sequence,
+               "--Prediction", prediction]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError(result.stdout[-2000:] + result.stderr[-2000:])
+    return json.loads((run / "run" / "all_results.json").read_text())["train_images_per_second"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["TPS-ResNet-BiLSTM-Attn", "None-VGG-BiLSTM-CTC"])
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--iterations", type=int, default=12, help="timed optimizer steps per run")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--precisions", nargs="+", default=["no", "bf16"])
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "data"
+        data_benchmark.make_data(root, 3000)
+        SyntheticWords(seed=9).write_lmdb(root / "valid" / "v", 8, progress=False)
+        # A valid-only leaf under root would be picked by select_data "/", not by MJ-ST.
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, "
+              f"{args.iterations} steps, {args.workers} data worker(s) per loader")  # fmt: skip
+        print("| model | ours fp32 (img/s) | ours bf16 (img/s) | DTRB style fp32 (img/s) | fp32 ratio | bf16 ratio |")
+        print("|---|---|---|---|---|---|")
+        for stages in args.models:
+            rates = {p: ours(root, Path(tmp), stages, args.batch_size, args.iterations, args.workers, p)
+                     for p in args.precisions}  # fmt: skip
+            baseline = dtrb_style_train(root, stages, args.batch_size, args.iterations, args.workers)
+            fp32, bf16 = rates.get("no", float("nan")), rates.get("bf16", float("nan"))
+            print(f"| {stages} | {fp32:.1f} | {bf16:.1f} | {baseline:.1f} | {fp32 / baseline:.2f}x | "
+                  f"{bf16 / baseline:.2f}x |", flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
