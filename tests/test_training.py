@@ -116,8 +116,9 @@ def test_unknown_flag_exits_with_usage(capsys):
 @pytest.mark.slow
 @pytest.mark.parametrize("model_args", [TINY_CTC, TINY_ATTN], ids=["CTC", "Attn"])
 def test_accelerate_launch_trains_and_writes_every_file(data, tmp_path, model_args):
+    tracker = ["--report_to", "tensorboard"] if model_args is TINY_CTC else []
     result = launch(base_args(data, tmp_path, *model_args, "--num_iter", "6", "--valInterval", "3",
-                              "--checkpointing_steps", "3"), tmp_path)  # fmt: skip
+                              "--checkpointing_steps", "3", *tracker), tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     run = tmp_path / "run"
     for name in ("log_train.txt", "log_dataset.txt", "opt.txt", "run_config.json", "all_results.json"):
@@ -136,6 +137,8 @@ def test_accelerate_launch_trains_and_writes_every_file(data, tmp_path, model_ar
     assert "model-index" in card and "validation" in card
     model = TextRecognitionModel.from_pretrained(run / "best_accuracy")
     assert len(model.recognize([torch.rand(32, 80)])) == 1
+    if tracker:
+        assert list((run / "logs").rglob("events.out.tfevents.*")), "no TensorBoard events written"
 
 
 @pytest.mark.slow
