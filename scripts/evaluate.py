@@ -1,12 +1,16 @@
 #!/usr/bin/env python
-"""Evaluate a model on every dataset under --eval_data, scored as DTRB's test.py scores it.
+"""DTRB's test.py: evaluate a model on benchmark datasets, scored exactly as DTRB scores them.
 
-    python scripts/evaluate.py --eval_data data_lmdb_release/evaluation --saved_model saved_models/run/best_accuracy
-    python scripts/evaluate.py --eval_data eval/ --saved_model TPS-ResNet-BiLSTM-Attn.pth \\
-        --Transformation TPS --FeatureExtraction ResNet --SequenceModeling BiLSTM --Prediction Attn
+    python scripts/evaluate.py --eval_data data_lmdb_release/evaluation --benchmark_all_eval \\
+        --saved_model saved_models/TPS-ResNet-BiLSTM-Attn-Seed1111/best_accuracy --output_json results.json
+    python scripts/evaluate.py --eval_data data_lmdb_release/evaluation --benchmark_all_eval \\
+        --saved_model TPS-ResNet-BiLSTM-Attn.pth --Transformation TPS --FeatureExtraction ResNet \\
+        --SequenceModeling BiLSTM --Prediction Attn
 
-Prints a markdown table per dataset (samples, accuracy, norm_ED, mean confidence, ms/image) and the total weighted
-by samples; --output_json writes the same.
+--saved_model is a model folder, a Hub id, or a DTRB .pth with its model flags. --eval_data is an LMDB tree,
+datasets folders or a Hub dataset. With --benchmark_all_eval, DTRB's ten sets are evaluated (plus --datasets) and
+both totals are printed: DTRB's code (all ten sets) and the paper's (7 sets). Without it, every dataset found.
+Logs and one failure-case file per dataset go to --result_dir/<exp_name>/ (DTRB's ./result/ layout).
 """
 
 from __future__ import annotations
@@ -14,34 +18,69 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
 from text_recognition.cli import add_model_arguments, model_config_from_args, run
-from text_recognition.evaluation import evaluate_datasets, results_table, write_results_json
+from text_recognition.evaluation import BENCHMARK_DATASETS, EvaluationReport, dtrb_exp_name, evaluate, write_json, write_outputs
 from text_recognition.model import load_model
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--eval_data", required=True, help="LMDB tree, datasets folders, or Hub dataset id")
+    parser.add_argument("--benchmark_all_eval", action="store_true", help="DTRB's ten benchmark sets")
+    parser.add_argument("--datasets", nargs="+", default=[], help="more dataset folder names to evaluate")
     parser.add_argument("--saved_model", required=True, help="model folder, Hub id, or DTRB .pth")
     parser.add_argument("--batch_size", type=int, default=192, help="evaluation batch size (default 192)")
     parser.add_argument("--workers", type=int, default=4, help="data loading workers (default 4)")
     parser.add_argument("--data_filtering_off", action="store_true", help="keep every sample (DTRB's flag)")
+    parser.add_argument("--timing_samples", type=int, default=100, help="images timed at batch 1 (0: skip)")
+    parser.add_argument("--result_dir", default="result", help="logs and failure cases go to RESULT_DIR/<exp>/")
     parser.add_argument("--output_json", help="write the results to this JSON file")
+    parser.add_argument("--push_results_to_hub", metavar="REPO", nargs="?", const="",
+                        help="add the results to the model card of REPO (default: the --saved_model Hub id); a "
+                             "local --saved_model folder's card is updated too")  # fmt: skip
     add_model_arguments(parser)
     args = parser.parse_args(argv)
 
     model = load_model(args.saved_model, model_config_from_args(args, require_stages=False))
     model.to("cuda" if torch.cuda.is_available() else "cpu")
-    results = evaluate_datasets(model, args.eval_data, batch_size=args.batch_size, num_workers=args.workers,
-                                data_filtering_off=args.data_filtering_off)  # fmt: skip
-    print(f"{args.saved_model}: {model.config.stage_string}, {model.num_parameters:,} parameters")
-    print(results_table(results))
+    names = [*BENCHMARK_DATASETS, *args.datasets] if args.benchmark_all_eval else (args.datasets or None)
+    report = evaluate(model, args.eval_data, names=names, batch_size=args.batch_size, num_workers=args.workers,
+                      data_filtering_off=args.data_filtering_off, timing_samples=args.timing_samples,
+                      model_name=str(args.saved_model))  # fmt: skip
+    result_dir = write_outputs(report, Path(args.result_dir) / dtrb_exp_name(str(args.saved_model)),
+                               args.benchmark_all_eval)  # fmt: skip
+    print(f"{args.saved_model}: {model.config.stage_string}\n{report.table()}\nlogs and failure cases: {result_dir}")
     if args.output_json:
-        write_results_json(args.output_json, str(args.saved_model), model, results)
+        write_json(report, args.output_json)
+    if args.push_results_to_hub is not None:
+        push_results(args.saved_model, args.push_results_to_hub, report)
     return 0
+
+
+def push_results(saved_model: str, repo: str, report: EvaluationReport) -> None:
+    from huggingface_hub import hf_hub_download
+
+    from text_recognition.hub import card_with_results, looks_like_repo_id, push_model_card
+
+    folder = Path(saved_model)
+    if folder.is_dir():
+        readme = (folder / "README.md").read_text(encoding="utf-8") if (folder / "README.md").is_file() else ""
+    elif looks_like_repo_id(saved_model):
+        repo = repo or saved_model
+        readme = Path(hf_hub_download(saved_model, "README.md")).read_text(encoding="utf-8")
+    else:
+        raise ValueError("--push_results_to_hub needs a model folder or a Hub id as --saved_model.")
+    if not repo:
+        raise ValueError("--push_results_to_hub needs a repo id when --saved_model is a local folder.")
+    card = card_with_results(readme, report.card_results(), report.model)
+    if folder.is_dir():
+        (folder / "README.md").write_text(card, encoding="utf-8")
+    push_model_card(repo, card)
+    print(f"evaluation results added to the model card of {repo}")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
-"""Evaluation of a model on one or more datasets, scored exactly as DTRB's ``test.py`` scores them."""
+"""Benchmark evaluation, DTRB's ``test.py`` done right: the same scores, the paper's 7-set total next to the code's
+10-set total, correct timing (warm-up excluded, device synchronised, at the batch size and at batch 1), per-dataset
+failure cases, JSON results and model-card results."""
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,81 +16,182 @@ from .data.collate import TextCollator
 from .data.datasets import filter_labels_with_counts, load_text_dataset
 from .data.loaders import TextData
 from .data.mixing import MixedSources
-from .metrics import score
 from .model import TextRecognitionModel
-from .training import predict_records
+from .training import Record, predict_records, score_records
+
+#: DTRB's ``--benchmark_all_eval`` folders, in its Table 1 order.
+BENCHMARK_DATASETS = ("IIIT5k_3000", "SVT", "IC03_860", "IC03_867", "IC13_857", "IC13_1015", "IC15_1811",
+                      "IC15_2077", "SVTP", "CUTE80")  # fmt: skip
+#: The 7 sets of the paper's "Total" (DTRB's code averages all 10, counting IC03/IC13/IC15 twice).
+PAPER_DATASETS = ("IIIT5k_3000", "SVT", "IC03_867", "IC13_1015", "IC15_2077", "SVTP", "CUTE80")
 
 
 @dataclass
 class DatasetResult:
     dataset: str
     num_samples: int
-    accuracy: float
+    accuracy: float  # percent
     norm_ED: float
     mean_confidence: float
     ms_per_image: float
+    failures: list[Record] = field(default_factory=list, repr=False)
 
 
-def evaluate_datasets(
-    model: TextRecognitionModel,
-    eval_data: str | os.PathLike,
-    *,
-    batch_size: int = 192,
-    num_workers: int = 0,
-    data_filtering_off: bool = False,
-    select_data: str = "/",
-) -> list[DatasetResult]:
-    """Evaluate ``model`` on every source under ``eval_data`` separately (each LMDB or datasets folder, named by its
-    path below ``eval_data``), with DTRB's filtering and scoring for the model's charset and case mode.
+@dataclass
+class EvaluationReport:
+    model: str
+    results: list[DatasetResult]
+    num_params: int
+    batch_size: int
+    ms_per_image_batch1: float | None
 
-    ``ms_per_image`` is the model's forward time per image at ``batch_size``, device synchronised (data loading and
-    decoding excluded).
-    """
-    device = next(model.parameters()).device
-    config = model.config
-    results = []
-    for name, dataset in load_text_dataset(eval_data, select_data).items():
-        dataset = dataset.cast_column("image", datasets.Image(decode=False))
-        filtered, _, kept = filter_labels_with_counts(dataset, config, data_filtering_off)
-        data = TextData(MixedSources([(name, filtered, len(filtered), kept)]), TextCollator(config, data_filtering_off),
-                        log="")  # fmt: skip
-        records, _, seconds = predict_records(
-            model, data, list(range(len(filtered))), batch_size, device=device, num_workers=num_workers
-        )
-        result = score([p for _, p, _ in records], [g for g, _, _ in records], [c for _, _, c in records],
-                       sensitive=config.sensitive, data_filtering_off=data_filtering_off)  # fmt: skip
-        results.append(DatasetResult(name, result.num_samples, result.accuracy, result.norm_ED,
-                                     result.mean_confidence, 1000 * seconds / max(result.num_samples, 1)))  # fmt: skip
-    return results
+    @property
+    def total_accuracy(self) -> float:
+        """DTRB's code total: accuracies weighted by samples over every evaluated dataset."""
+        return weighted_accuracy(self.results)
+
+    @property
+    def total_accuracy_paper(self) -> float | None:
+        """The paper's Total over its 7 sets, when all of them were evaluated."""
+        by_name = {r.dataset: r for r in self.results}
+        if not all(name in by_name for name in PAPER_DATASETS):
+            return None
+        return weighted_accuracy([by_name[name] for name in PAPER_DATASETS])
+
+    def table(self) -> str:
+        lines = [f"| dataset | samples | accuracy (%) | norm_ED | mean confidence | ms/image (batch {self.batch_size}) |",
+                 "|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [f"| {r.dataset} | {r.num_samples} | {r.accuracy:.3f} | {r.norm_ED:.4f} | {r.mean_confidence:.4f} | "
+                  f"{r.ms_per_image:.3f} |" for r in self.results]  # fmt: skip
+        samples = sum(r.num_samples for r in self.results)
+        if len(self.results) > 1:
+            lines.append(f"| total, all {len(self.results)} sets (DTRB's code) | {samples} | {self.total_accuracy:.3f} "
+                         f"| | | |")  # fmt: skip
+        if self.total_accuracy_paper is not None:
+            paper = sum(r.num_samples for r in self.results if r.dataset in PAPER_DATASETS)
+            lines.append(f"| total, the paper's 7 sets | {paper} | {self.total_accuracy_paper:.3f} | | | |")
+        lines.append("")
+        if self.ms_per_image_batch1 is not None:
+            lines.append(f"Latency at batch 1: {self.ms_per_image_batch1:.3f} ms/image. ")
+        lines.append(f"Parameters: {self.num_params:,} ({self.num_params / 1e6:.3f} M).")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        """DESIGN.md section 5's format, plus the batch size and the batch-1 latency."""
+        return {
+            "model": self.model,
+            "datasets": {
+                r.dataset: {"num_samples": r.num_samples, "accuracy": r.accuracy, "norm_ED": r.norm_ED,
+                            "mean_confidence": r.mean_confidence, "ms_per_image": r.ms_per_image}
+                for r in self.results
+            },  # fmt: skip
+            "total_accuracy": self.total_accuracy,
+            "total_accuracy_paper": self.total_accuracy_paper,
+            "num_params": self.num_params,
+            "batch_size": self.batch_size,
+            "ms_per_image_batch1": self.ms_per_image_batch1,
+        }
+
+    def card_results(self) -> list[dict[str, Any]]:
+        """The ``eval_results`` the model card (and its ``model-index``) take."""
+        return [{"dataset": r.dataset, "num_samples": r.num_samples, "accuracy": r.accuracy, "norm_ED": r.norm_ED,
+                 "mean_confidence": r.mean_confidence} for r in self.results]  # fmt: skip
 
 
-def results_table(results: list[DatasetResult]) -> str:
-    """A markdown table: dataset, samples, accuracy, norm_ED, mean confidence, ms/image, and the weighted total."""
-    lines = ["| dataset | samples | accuracy (%) | norm_ED | mean confidence | ms/image |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r.dataset} | {r.num_samples} | {r.accuracy:.3f} | {r.norm_ED:.4f} | {r.mean_confidence:.4f} | "
-              f"{r.ms_per_image:.3f} |" for r in results]  # fmt: skip
-    if len(results) > 1:
-        lines.append(f"| total (weighted by samples) | {sum(r.num_samples for r in results)} | "
-                     f"{total_accuracy(results):.3f} | | | |")  # fmt: skip
-    return "\n".join(lines)
-
-
-def total_accuracy(results: list[DatasetResult]) -> float:
-    """DTRB's total: accuracies weighted by the number of samples loaded."""
+def weighted_accuracy(results: list[DatasetResult]) -> float:
     samples = sum(r.num_samples for r in results)
     return sum(r.accuracy * r.num_samples for r in results) / samples if samples else 0.0
 
 
-def write_results_json(path: str | os.PathLike, model_name: str, model: TextRecognitionModel,
-                       results: list[DatasetResult]) -> dict[str, Any]:  # fmt: skip
-    """``{"model", "datasets": {name: {...}}, "total_accuracy", "num_params"}`` (DESIGN.md section 5)."""
-    payload = {
-        "model": model_name,
-        "datasets": {r.dataset: {k: v for k, v in asdict(r).items() if k != "dataset"} for r in results},
-        "total_accuracy": total_accuracy(results),
-        "num_params": model.num_parameters,
-    }
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(payload, indent=2) + "\n")
-    return payload
+def _select(available: list[str], names: list[str] | None, eval_data: str | os.PathLike) -> list[str]:
+    if names is None:
+        return available
+    missing = [name for name in names if name not in available]
+    if missing:
+        raise FileNotFoundError(
+            f"{os.fspath(eval_data)!r} has no dataset named {missing}: expected folders named as DTRB's evaluation "
+            f"sets ({', '.join(BENCHMARK_DATASETS)}). Found: {available}."
+        )
+    return list(dict.fromkeys(names))
 
+
+def evaluate(
+    model: TextRecognitionModel,
+    eval_data: str | os.PathLike,
+    *,
+    names: list[str] | None = None,
+    batch_size: int = 192,
+    num_workers: int = 0,
+    data_filtering_off: bool = False,
+    timing_samples: int = 100,
+    model_name: str | None = None,
+) -> EvaluationReport:
+    """Evaluate ``model`` on each dataset under ``eval_data`` (or those in ``names``), as DTRB's ``test.py`` scores
+    it for the model's charset and case mode, with DTRB's filtering (or ``data_filtering_off``).
+
+    ``ms_per_image`` is the model's forward time per image at ``batch_size`` after one warm-up batch, the device
+    synchronised; ``ms_per_image_batch1`` the same one image at a time over ``timing_samples`` images (0: skip).
+    """
+    device = next(model.parameters()).device
+    config = model.config
+    loaded = load_text_dataset(eval_data)
+    results, timing_data = [], None
+    for name in _select(list(loaded), names, eval_data):
+        dataset = loaded[name].cast_column("image", datasets.Image(decode=False))
+        filtered, _, kept = filter_labels_with_counts(dataset, config, data_filtering_off)
+        data = TextData(MixedSources([(name, filtered, len(filtered), kept)]), TextCollator(config, data_filtering_off),
+                        log="")  # fmt: skip
+        records, _, seconds = predict_records(model, data, list(range(len(filtered))), batch_size, device=device,
+                                              num_workers=num_workers, warmup=True)  # fmt: skip
+        scores = score_records(records, sensitive=config.sensitive, data_filtering_off=data_filtering_off)
+        failures = [r for r in records if not _correct(r, config.sensitive, data_filtering_off)]
+        results.append(DatasetResult(name, scores.num_samples, scores.accuracy, scores.norm_ED,
+                                     scores.mean_confidence, 1000 * seconds / max(scores.num_samples, 1), failures))  # fmt: skip
+        if timing_data is None and len(filtered):
+            timing_data = data
+    batch1 = None
+    if timing_samples and timing_data is not None:
+        count = min(timing_samples, len(timing_data.dataset))
+        _, _, seconds = predict_records(model, timing_data, list(range(count)), 1, device=device, warmup=True)
+        batch1 = 1000 * seconds / count
+    return EvaluationReport(model_name or config.stage_string, results, model.num_parameters, batch_size, batch1)
+
+
+def _correct(record: Record, sensitive: bool, data_filtering_off: bool) -> bool:
+    return score_records([record], sensitive=sensitive, data_filtering_off=data_filtering_off).num_correct == 1
+
+
+def dtrb_exp_name(saved_model: str) -> str:
+    """DTRB's result folder name: the ``saved_model`` path without its first component, joined with ``_``."""
+    parts = [part for part in Path(saved_model).parts if part not in ("/", ".")]
+    return "_".join(parts[1:] if len(parts) > 1 else parts)
+
+
+def write_outputs(report: EvaluationReport, result_dir: str | os.PathLike, benchmark_all_eval: bool) -> Path:
+    """DTRB's log files (``log_all_evaluation.txt`` or ``log_evaluation.txt``, appended) and one failure-case file
+    per dataset (``failure_cases/<dataset>.tsv``: index, ground truth, prediction, confidence)."""
+    result_dir = Path(result_dir)
+    (result_dir / "failure_cases").mkdir(parents=True, exist_ok=True)
+    for result in report.results:
+        lines = ["index\tground_truth\tprediction\tconfidence"]
+        lines += [f"{r.index}\t{r.ground_truth}\t{r.prediction}\t{r.confidence:.4f}" for r in result.failures]
+        (result_dir / "failure_cases" / f"{result.dataset.replace('/', '--')}.tsv").write_text(
+            "\n".join(lines) + "\n", encoding="utf-8"
+        )
+    accuracies = "\t".join(f"{r.dataset}: {r.accuracy:0.3f}" for r in report.results)
+    summary = f"accuracy: {accuracies}\ttotal_accuracy: {report.total_accuracy:0.3f}"
+    if report.total_accuracy_paper is not None:
+        summary += f"\ttotal_accuracy_paper: {report.total_accuracy_paper:0.3f}"
+    timing = report.results[0].ms_per_image if report.results else 0.0
+    summary += f"\taveraged_infer_time: {timing:0.3f}\t# parameters: {report.num_params / 1e6:0.3f}"
+    name = "log_all_evaluation.txt" if benchmark_all_eval else "log_evaluation.txt"
+    with open(result_dir / name, "a", encoding="utf-8") as log:
+        for result in report.results:
+            log.write(f"{result.dataset}\tAcc {result.accuracy:0.3f}\t normalized_ED {result.norm_ED:0.3f}\n")
+        log.write(summary + "\n" + "-" * 80 + "\n")
+    return result_dir
+
+
+def write_json(report: EvaluationReport, path: str | os.PathLike) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(report.to_json(), indent=2) + "\n")

@@ -320,7 +320,57 @@ def push_model_folder(
         commit = api.upload_folder(repo_id=repo_id, folder_path=folder,
                                    commit_message=commit_message or f"Upload {folder.name}")  # fmt: skip
     except HfHubHTTPError as error:
-        status = getattr(error.response, "status_code", None)
-        hint = " Log in with `hf auth login` or set HF_TOKEN to a token with write access." if status in (401, 403) else ""
-        raise PermissionError(f"The Hub refused the push to {repo_id!r}: {str(error).splitlines()[0]}.{hint}") from None
+        raise _refused(error, repo_id) from None
     return commit.commit_url if hasattr(commit, "commit_url") else str(commit)
+
+
+def _refused(error: Exception, repo_id: str) -> PermissionError:
+    status = getattr(getattr(error, "response", None), "status_code", None)
+    hint = " Log in with `hf auth login` or set HF_TOKEN to a token with write access." if status in (401, 403) else ""
+    return PermissionError(f"The Hub refused the push to {repo_id!r}: {str(error).splitlines()[0]}.{hint}")
+
+
+def push_model_card(repo_id: str, card: str, token: str | None = None) -> None:
+    """Replace the README.md (model card) of an existing Hub model repo."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        HfApi(token=token).upload_file(path_or_fileobj=card.encode("utf-8"), path_in_repo="README.md",
+                                       repo_id=repo_id, commit_message="Add evaluation results")  # fmt: skip
+    except HfHubHTTPError as error:
+        raise _refused(error, repo_id) from None
+
+
+def results_markdown(eval_results: list[dict[str, Any]]) -> str:
+    """The card's evaluation table (the same columns as ``model_card_template.md``)."""
+    lines = ["| dataset | samples | word accuracy (%) | 1 - NED | mean confidence |", "|---|---|---|---|---|"]
+    lines += [f"| {r['dataset']} | {r['num_samples']} | {r['accuracy']:.3f} | {r['norm_ED']:.4f} | "
+              f"{r['mean_confidence']:.4f} |" for r in eval_results]  # fmt: skip
+    return "\n".join(lines)
+
+
+def card_with_results(
+    readme: str, eval_results: list[dict[str, Any]], model_name: str, extra_text: str = ""
+) -> str:
+    """An existing model card with its ``## Evaluation`` section replaced by ``eval_results`` (and ``extra_text``)
+    and its ``model-index`` set to them; every other section is kept."""
+    card = ModelCard(readme)
+    card.data.model_name = card.data.model_name or model_name
+    card.data.metrics = ["accuracy"]
+    card.data.eval_results = [
+        EvalResult(task_type="image-to-text", task_name="Scene Text Recognition", dataset_type=r["dataset"],
+                   dataset_name=r["dataset"], dataset_split="test", metric_type="accuracy",
+                   metric_name="Word accuracy", metric_value=round(float(r["accuracy"]), 3))
+        for r in eval_results
+    ]  # fmt: skip
+    section = (f"## Evaluation\n\n{results_markdown(eval_results)}\n\nWord accuracy and 1 - NED (ICDAR 2019 "
+               f"normalised edit distance) as DTRB's `test.py` computes them.\n{extra_text}\n")  # fmt: skip
+    body = card.text
+    start = body.find("## Evaluation")
+    if start == -1:
+        body = body.rstrip() + "\n\n" + section
+    else:
+        end = body.find("\n## ", start + 1)
+        body = body[:start] + section + (body[end + 1 :] if end != -1 else "")
+    return f"---\n{card.data.to_yaml()}\n---\n{body}"

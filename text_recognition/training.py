@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from accelerate import Accelerator
@@ -143,6 +143,20 @@ class Validation:
     examples: list[tuple[str, str, float]]  # (ground truth, prediction, confidence) of the last batch, first 5
 
 
+class Record(NamedTuple):
+    ground_truth: str
+    prediction: str
+    confidence: float
+    source: str
+    index: int  # row of the sample in its stored source
+
+
+def score_records(records: list[Record], *, sensitive: bool = False, data_filtering_off: bool = False):
+    """``metrics.score`` of prediction records."""
+    return score([r.prediction for r in records], [r.ground_truth for r in records], [r.confidence for r in records],
+                 sensitive=sensitive, data_filtering_off=data_filtering_off)  # fmt: skip
+
+
 @torch.no_grad()
 def predict_records(
     model: TextRecognitionModel,
@@ -155,15 +169,16 @@ def predict_records(
     autocast: Callable[[], Any] | None = None,
     skips: SkipTracker | None = None,
     loss_kwargs: dict[str, Any] | None = None,
-) -> tuple[list[tuple[str, str, float]], list[float], float]:
-    """Greedy predictions for ``indices`` of ``data``: ``[(ground truth, prediction, confidence)]``, the per-batch
-    losses and the seconds spent in the model (device synchronised)."""
+    warmup: bool = False,
+) -> tuple[list[Record], list[float], float]:
+    """Greedy predictions for ``indices`` of ``data``: one ``Record`` per decodable sample, the per-batch losses, and
+    the seconds spent in the model (device synchronised; with ``warmup``, the first batch runs once untimed)."""
     tokenizer, config = model.tokenizer, model.config
     batches = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
     loader = DataLoader(data.dataset, batch_sampler=batches, collate_fn=data.collator, num_workers=num_workers)
     was_training = model.training
     model.eval()
-    records: list[tuple[str, str, float]] = []
+    records: list[Record] = []
     losses: list[float] = []
     seconds = 0.0
     for batch in loader:
@@ -173,6 +188,10 @@ def predict_records(
             continue
         images = batch["pixel_values"].to(device)
         targets, lengths = tokenizer.encode(batch["labels"], config.batch_max_length)
+        if warmup:
+            with autocast() if autocast is not None else contextlib.nullcontext():
+                model(images)
+            warmup = False
         _synchronize(device)
         start = time.perf_counter()
         with autocast() if autocast is not None else contextlib.nullcontext():
@@ -180,8 +199,9 @@ def predict_records(
         _synchronize(device)
         seconds += time.perf_counter() - start
         losses.append(float(model.loss(logits, targets.to(device), lengths, **(loss_kwargs or {}))))
-        for label, (text, confidence) in zip(batch["labels"], tokenizer.decode_with_confidence(logits)):
-            records.append((label, text, confidence))
+        decoded = tokenizer.decode_with_confidence(logits)
+        for label, (text, confidence), (source, index) in zip(batch["labels"], decoded, batch["ids"]):
+            records.append(Record(label, text, confidence, source, index))
     model.train(was_training)
     return records, losses, seconds
 
@@ -219,20 +239,14 @@ def evaluate_model(
     )  # fmt: skip
     gathered_records = gather_object(records) if accelerator.num_processes > 1 else records
     gathered_losses = gather_object(losses) if accelerator.num_processes > 1 else losses
-    result = score(
-        [pred for _, pred, _ in gathered_records],
-        [gt for gt, _, _ in gathered_records],
-        [conf for _, _, conf in gathered_records],
-        sensitive=sensitive,
-        data_filtering_off=data_filtering_off,
-    )
+    result = score_records(gathered_records, sensitive=sensitive, data_filtering_off=data_filtering_off)
     return Validation(
         loss=sum(gathered_losses) / len(gathered_losses) if gathered_losses else 0.0,
         accuracy=result.accuracy,
         norm_ED=result.norm_ED,
         mean_confidence=result.mean_confidence,
         num_samples=result.num_samples,
-        examples=records[-min(5, len(records)) :] if records else [],
+        examples=[(r.ground_truth, r.prediction, r.confidence) for r in records[-5:]],
     )
 
 

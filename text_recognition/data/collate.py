@@ -75,9 +75,10 @@ def decode_image(data: Any, mode: str) -> Image.Image:
 class TextCollator:
     """Rows ``{"image": bytes, "label": raw label, "source": name, "index": int}`` -> a training batch.
 
-    Returns ``{"pixel_values": [B, C, H, W], "labels": list[str], "skipped": list[SkippedSample]}``: labels are
-    cleaned as DTRB does at load time (lowercased unless sensitive, out-of-charset symbols removed); an image that
-    cannot be decoded is left out of the batch and reported in ``skipped``.
+    Returns ``{"pixel_values": [B, C, H, W], "labels": list[str], "ids": list[(source, index)],
+    "skipped": list[SkippedSample]}``: labels are cleaned as DTRB does at load time (lowercased unless sensitive,
+    out-of-charset symbols removed); an image that cannot be decoded is left out of the batch and reported in
+    ``skipped``.
     """
 
     def __init__(self, config: ModelConfig, data_filtering_off: bool = False) -> None:
@@ -85,16 +86,18 @@ class TextCollator:
         self.rules = LabelRules(config.character, config.batch_max_length, config.sensitive, data_filtering_off)
 
     def __call__(self, rows: Sequence[dict]) -> dict[str, Any]:
-        items, skipped = [], []
+        items, ids, skipped = [], [], []
         for row in rows:
+            source, index = row.get("source", "?"), row.get("index", -1)
             try:
                 image = decode_image(row["image"], self.align.mode)
             except Exception as error:  # any decoding failure means "corrupt image"
-                skipped.append(SkippedSample(row.get("source", "?"), row.get("index", -1), f"{type(error).__name__}"))
+                skipped.append(SkippedSample(source, index, f"{type(error).__name__}"))
                 continue
             items.append((image, self.rules.clean(row["label"])))
+            ids.append((source, index))
         pixel_values, labels = self.align(items)
-        return {"pixel_values": pixel_values, "labels": labels, "skipped": skipped}
+        return {"pixel_values": pixel_values, "labels": labels, "ids": ids, "skipped": skipped}
 
 
 class SkipTracker:
