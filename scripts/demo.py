@@ -11,8 +11,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
@@ -29,6 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--saved_model", required=True, help="model folder, Hub id, or DTRB .pth")
     parser.add_argument("--batch_size", type=int, default=192, help="images per forward pass (default 192)")
     parser.add_argument("--workers", type=int, default=4, help="image-decoding worker processes (default 4)")
+    parser.add_argument("--output", help="also write the results to FILE.tsv (path, text, confidence) or FILE.json")
     add_model_arguments(parser)
     args = parser.parse_args(argv)
 
@@ -37,13 +40,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config is None and model_flags_given(args):
         print(f"note: {args.saved_model} records its own configuration; ignoring {' '.join(model_flags_given(args))}",
               file=sys.stderr)  # fmt: skip
+    if args.output and not args.output.endswith((".tsv", ".json")):
+        raise ValueError(f"--output must end with .tsv or .json, got {args.output!r}.")
     paths = find_images(args.image_folder)
     if not paths:
         raise ValueError(f"No .jpg/.jpeg/.png images under {args.image_folder!r}.")
 
     dashed_line = "-" * 80
     head = f"{'image_path':25s}\t{'predicted_labels':25s}\tconfidence score"
-    failures = 0
+    failures, rows = 0, []
     with open(LOG_FILE, "a", encoding="utf-8") as log:
         print(f"{dashed_line}\n{head}\n{dashed_line}")
         log.write(f"{dashed_line}\n{head}\n{dashed_line}\n")
@@ -55,9 +60,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             line = f"{str(result.path):25s}\t{result.recognition.text:25s}\t{result.recognition.confidence:0.4f}"
             print(line)
             log.write(line + "\n")
+            rows.append({"image_path": str(result.path), "text": result.recognition.text,
+                         "confidence": result.recognition.confidence})  # fmt: skip
+    if args.output:
+        write_results(args.output, rows)
     if failures:
         print(f"{failures} of {len(paths)} images could not be decoded (listed above)", file=sys.stderr)
     return 0
+
+
+def write_results(path: str, rows: list[dict]) -> None:
+    output = Path(path)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if output.suffix == ".json":
+        output.write_text(json.dumps(rows, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    else:
+        lines = ["image_path\ttext\tconfidence"] + [f"{r['image_path']}\t{r['text']}\t{r['confidence']:.6f}" for r in rows]
+        output.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 
@@ -145,3 +146,31 @@ def test_demo_errors(tmp_path, capsys, monkeypatch, crnn_pth):
     assert "No .jpg/.jpeg/.png images" in capsys.readouterr().err
     assert run(demo.main, ["--image_folder", str(tmp_path), "--saved_model", str(crnn_pth)]) == 1
     assert "does not record its architecture" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("suffix", [".tsv", ".json"])
+def test_demo_output_file(tmp_path, image_folder, crnn_pth, monkeypatch, suffix):
+    monkeypatch.chdir(tmp_path)
+    demo = load_script("demo")
+    out = tmp_path / f"results{suffix}"
+    argv = ["--image_folder", str(image_folder), "--saved_model", str(crnn_pth), "--workers", "0", "--output",
+            str(out), *CRNN_FLAGS]  # fmt: skip
+    assert run(demo.main, argv) == 0
+    if suffix == ".json":
+        rows = json.loads(out.read_text())
+        assert len(rows) == 4 and set(rows[0]) == {"image_path", "text", "confidence"}
+    else:
+        lines = out.read_text().splitlines()
+        assert lines[0] == "image_path\ttext\tconfidence" and len(lines) == 5
+    assert run(demo.main, [*argv[:-len(CRNN_FLAGS) - 2], "--output", "x.csv", *CRNN_FLAGS]) == 1
+
+
+@pytest.mark.slow
+def test_compiled_recognize_gives_the_same_results():
+    torch.manual_seed(0)
+    model = TextRecognitionModel(ModelConfig("None", "VGG", "BiLSTM", "Attn", output_channel=32, hidden_size=16))
+    images = [np.random.default_rng(i).integers(0, 256, (32, 60), dtype=np.uint8) for i in range(3)]
+    eager = model.recognize(images)
+    compiled = model.compile().recognize(images)
+    assert [r.text for r in compiled] == [r.text for r in eager]
+    assert [r.confidence for r in compiled] == pytest.approx([r.confidence for r in eager], rel=1e-4, abs=1e-12)

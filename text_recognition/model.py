@@ -119,6 +119,13 @@ class TextRecognitionModel(
         """The head's loss against the tokenizer's ``encode`` output (CTC: ``baidu=True`` for ``--baiduCTC``)."""
         return self.Prediction.loss(logits, targets, lengths, **kwargs)
 
+    def compile(self, **kwargs: Any) -> TextRecognitionModel:
+        """``torch.compile`` the image encoder (the CNN and BiLSTM stages) for faster ``recognize`` on repeated
+        batches; the attention decoder's step loop stays eager. Returns the model. ``kwargs`` go to
+        ``torch.compile``."""
+        self.encode = torch.compile(self.encode, **kwargs)  # type: ignore[method-assign]
+        return self
+
     @torch.inference_mode()
     def recognize(
         self, images: ImageInput | Sequence[ImageInput], batch_size: int = 64
@@ -128,7 +135,8 @@ class TextRecognitionModel(
         Args:
             images: one image or a sequence of PIL images, file paths, uint8 arrays [H, W] / [H, W, C] or tensors,
                 of any sizes (each is resized as the model was trained: stretched, or kept-ratio and padded).
-            batch_size: images per forward pass.
+            batch_size: images per forward pass (all images of a batch share one resize, so any sizes batch
+                together; call ``model.compile()`` first to compile the encoder).
 
         Returns:
             One ``Recognition(text, confidence)`` per image, in order.
