@@ -15,8 +15,12 @@ images of varied sizes, as a user calling ``recognize`` on decoded crops would s
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import platform
+import string
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,6 +28,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from text_recognition import ModelConfig, TextRecognitionModel
+from text_recognition.data import SyntheticWords
+from text_recognition.evaluation import evaluate
+
+_spec = importlib.util.spec_from_file_location("data_benchmark", Path(__file__).resolve().parent / "data.py")
+data_benchmark = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(data_benchmark)
 
 
 def make_images(count: int, seed: int = 0) -> list[Image.Image]:
@@ -72,6 +82,49 @@ def dtrb_style_recognize(model: TextRecognitionModel, images: list[Image.Image],
     return results
 
 
+def nltk_style_edit_distance(s1: str, s2: str) -> int:
+    """The full-matrix Levenshtein DP that nltk.edit_distance (used by DTRB's test.py) computes, in pure Python."""
+    table = [[0] * (len(s2) + 1) for _ in range(len(s1) + 1)]
+    for i in range(len(s1) + 1):
+        table[i][0] = i
+    for j in range(len(s2) + 1):
+        table[0][j] = j
+    for i in range(1, len(s1) + 1):
+        for j in range(1, len(s2) + 1):
+            table[i][j] = min(table[i - 1][j] + 1, table[i][j - 1] + 1, table[i - 1][j - 1] + (s1[i - 1] != s2[j - 1]))
+    return table[len(s1)][len(s2)]
+
+
+def dtrb_style_evaluate(model: TextRecognitionModel, lmdb_root: str, batch_size: int) -> float:
+    """DTRB test.py's validation(): LmdbDataset + AlignCollate loader, forward, loss, per-sample Python decoding,
+    confidence and nltk-style edit distance. Returns accuracy (the work is what is timed)."""
+    config = model.config
+    dataset = data_benchmark.DtrbLmdbDataset(lmdb_root, config.character, config.batch_max_length, False, False)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                                         collate_fn=data_benchmark.DtrbAlignCollate(config.img_h, config.img_w))
+    tokens, ctc = model.tokenizer.tokens, torch.nn.CTCLoss(zero_infinity=True)
+    n_correct, norm_ed, length = 0, 0.0, 0
+    with torch.no_grad():
+        for image, labels in loader:
+            text, text_lengths = model.tokenizer.encode(list(labels), config.batch_max_length)
+            preds = model(image)
+            preds_size = torch.IntTensor([preds.size(1)] * image.size(0))
+            ctc(preds.log_softmax(2).permute(1, 0, 2), text, preds_size, text_lengths)
+            _, preds_index = preds.max(2)
+            preds_str = []
+            for row in preds_index:
+                chars = [tokens[i] for k, i in enumerate(row.tolist()) if i != 0 and not (k > 0 and row[k - 1] == i)]
+                preds_str.append("".join(chars))
+            preds_max_prob, _ = F.softmax(preds, dim=2).max(dim=2)
+            for gt, pred, pred_max_prob in zip(labels, preds_str, preds_max_prob):
+                n_correct += pred == gt
+                if len(gt) and len(pred):
+                    norm_ed += 1 - nltk_style_edit_distance(pred, gt) / max(len(gt), len(pred))
+                pred_max_prob.cumprod(dim=0)[-1]
+            length += image.size(0)
+    return 100 * n_correct / length
+
+
 def images_per_second(fn, images: list[Image.Image], repeats: int) -> float:
     fn(images[: max(1, len(images) // 8)])  # warm-up
     best = float("inf")
@@ -90,6 +143,7 @@ def main() -> None:
     parser.add_argument("--num_images_batch1", type=int, default=64, help="images per timed run at batch 1")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs; the best is reported")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--eval_samples", type=int, default=2000, help="samples for the evaluation comparison (0: skip)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -106,6 +160,30 @@ def main() -> None:
             ours = images_per_second(lambda x: model.recognize(x, batch_size=batch_size), images, args.repeats)
             baseline = images_per_second(lambda x: dtrb_style_recognize(model, x, batch_size), images, args.repeats)
             print(f"| {stage_string} | {batch_size} | {ours:.1f} | {baseline:.1f} | {ours / baseline:.2f}x |")
+    if args.eval_samples:
+        evaluation_comparison(args.eval_samples)
+
+
+def evaluation_comparison(num_samples: int) -> None:
+    """scripts/evaluate.py's evaluation against DTRB test.py's loop, CRNN, batch 192, same LMDB, in-process."""
+    torch.manual_seed(0)
+    model = TextRecognitionModel(ModelConfig("None", "VGG", "BiLSTM", "CTC")).eval()
+    model.init_weights()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "eval" / "words"
+        SyntheticWords(charset=string.digits + string.ascii_lowercase, image_format="JPEG", min_length=3,
+                       max_length=12, seed=4).write_lmdb(root, num_samples, progress=False)  # fmt: skip
+        evaluate(model, root.parent, batch_size=192, timing_samples=0)  # converts the LMDB once (cached), warms up
+        start = time.perf_counter()
+        evaluate(model, root.parent, batch_size=192, timing_samples=0)
+        ours = num_samples / (time.perf_counter() - start)
+        dtrb_style_evaluate(model, str(root), 192)
+        start = time.perf_counter()
+        dtrb_style_evaluate(model, str(root), 192)
+        baseline = num_samples / (time.perf_counter() - start)
+    print(f"\nevaluation, None-VGG-BiLSTM-CTC, batch 192, {num_samples} JPEG words, 0 workers (img/s):")
+    print("| evaluate.py | DTRB test.py style | ratio |\n|---|---|---|")
+    print(f"| {ours:.1f} | {baseline:.1f} | {ours / baseline:.2f}x |")
 
 
 if __name__ == "__main__":
