@@ -475,7 +475,7 @@ def train(model_config: ModelConfig, data_config: DataConfig, train_config: Trai
                     accelerator.clip_grad_norm_(model.parameters(), train_config.grad_clip)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            loss_sum += float(loss)
+            loss_sum += float(loss.detach())
             loss_count += 1
             images_seen += len(batch["labels"])
             window_images += len(batch["labels"])
