@@ -100,8 +100,12 @@ def dtrb_style_evaluate(model: TextRecognitionModel, lmdb_root: str, batch_size:
     confidence and nltk-style edit distance. Returns accuracy (the work is what is timed)."""
     config = model.config
     dataset = data_benchmark.DtrbLmdbDataset(lmdb_root, config.character, config.batch_max_length, False, False)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                                         collate_fn=data_benchmark.DtrbAlignCollate(config.img_h, config.img_w))
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        collate_fn=data_benchmark.DtrbAlignCollate(config.img_h, config.img_w),
+    )
     tokens, ctc = model.tokenizer.tokens, torch.nn.CTCLoss(zero_infinity=True)
     n_correct, norm_ed, length = 0, 0.0, 0
     with torch.no_grad():
@@ -143,12 +147,16 @@ def main() -> None:
     parser.add_argument("--num_images_batch1", type=int, default=64, help="images per timed run at batch 1")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs; the best is reported")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--eval_samples", type=int, default=2000, help="samples for the evaluation comparison (0: skip)")
+    parser.add_argument(
+        "--eval_samples", type=int, default=2000, help="samples for the evaluation comparison (0: skip)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
+    )
     print("| model | batch | recognize (img/s) | DTRB demo style (img/s) | ratio |")
     print("|---|---|---|---|---|")
     for stage_string in args.models:

@@ -75,7 +75,9 @@ def write_results(path: str, rows: list[dict]) -> None:
     if output.suffix == ".json":
         output.write_text(json.dumps(rows, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     else:
-        lines = ["image_path\ttext\tconfidence"] + [f"{r['image_path']}\t{r['text']}\t{r['confidence']:.6f}" for r in rows]
+        lines = ["image_path\ttext\tconfidence"] + [
+            f"{r['image_path']}\t{r['text']}\t{r['confidence']:.6f}" for r in rows
+        ]
         output.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 

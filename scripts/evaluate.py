@@ -23,7 +23,14 @@ from pathlib import Path
 import torch
 
 from text_recognition.cli import add_model_arguments, model_config_from_args, run
-from text_recognition.evaluation import BENCHMARK_DATASETS, EvaluationReport, dtrb_exp_name, evaluate, write_json, write_outputs
+from text_recognition.evaluation import (
+    BENCHMARK_DATASETS,
+    EvaluationReport,
+    dtrb_exp_name,
+    evaluate,
+    write_json,
+    write_outputs,
+)
 from text_recognition.model import load_model
 
 

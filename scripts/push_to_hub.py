@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Push a training run's best model (or any model folder) to the Hugging Face Hub, with its model card.
 
-    python scripts/push_to_hub.py --run_dir saved_models/TPS-ResNet-BiLSTM-Attn-Seed1111 --hub_model_id user/trba
-    python scripts/push_to_hub.py --model_dir my_model --hub_model_id user/my-model --private
+python scripts/push_to_hub.py --run_dir saved_models/TPS-ResNet-BiLSTM-Attn-Seed1111 --hub_model_id user/trba
+python scripts/push_to_hub.py --model_dir my_model --hub_model_id user/my-model --private
 """
 
 from __future__ import annotations

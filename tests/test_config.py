@@ -33,7 +33,10 @@ def test_stage_names_are_case_insensitive_and_normalised():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"feature_extraction": "Resnet50"}, r"Unknown feature_extraction 'Resnet50'\. Available: VGG, RCNN, ResNet\. Did you mean 'ResNet'\?"),
+        (
+            {"feature_extraction": "Resnet50"},
+            r"Unknown feature_extraction 'Resnet50'\. Available: VGG, RCNN, ResNet\. Did you mean 'ResNet'\?",
+        ),
         ({"transformation": "TSP"}, r"Unknown transformation 'TSP'\. Available: None, TPS\. Did you mean 'TPS'\?"),
         ({"sequence_modeling": "LSTM"}, r"Unknown sequence_modeling 'LSTM'.*Did you mean 'BiLSTM'\?"),
         ({"prediction": "Attention"}, r"Unknown prediction 'Attention'.*Available: CTC, Attn"),

@@ -63,7 +63,9 @@ def test_reader_opens_its_own_environment_in_each_worker(tmp_path):
     reader = LmdbReader(tmp_path / "db")
     reader.get(1)  # the parent's environment must not travel into the workers
     assert pickle.loads(pickle.dumps(reader))._env is None
-    loader = DataLoader(range(1, 21), batch_size=5, num_workers=2, collate_fn=lambda idx: [reader.get(i)[1] for i in idx])
+    loader = DataLoader(
+        range(1, 21), batch_size=5, num_workers=2, collate_fn=lambda idx: [reader.get(i)[1] for i in idx]
+    )
     assert sorted(label for batch in loader for label in batch) == sorted(f"w{i}" for i in range(20))
 
 

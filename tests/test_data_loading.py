@@ -53,7 +53,9 @@ def test_convert_tree_keeps_relative_names_and_reports(tmp_path):
     make_lmdb(root / "ST", ["e", "f"])
     summary = convert_lmdb_tree(root, tmp_path / "hf", progress=False)
     assert summary.samples == 6 and summary.undecodable == 1
-    assert "MJ/MJ_valid: 1 samples" in summary.report() and "undecodable images at LMDB indices [1]" in summary.report()
+    assert (
+        "MJ/MJ_valid: 1 samples" in summary.report() and "undecodable images at LMDB indices [1]" in summary.report()
+    )
     loaded = load_text_dataset(tmp_path / "hf")
     assert list(loaded) == ["MJ/MJ_train", "MJ/MJ_valid", "ST"]
     assert loaded["ST"]["label"] == ["e", "f"]
@@ -77,7 +79,10 @@ def test_load_text_dataset_errors(tmp_path):
 
 
 def test_hub_dataset_ids_map_configs_to_sources(tmp_path):
-    fake = {"MJ--MJ_train": datasets.Dataset.from_dict({"label": ["a"]}), "ST": datasets.Dataset.from_dict({"label": ["b"]})}
+    fake = {
+        "MJ--MJ_train": datasets.Dataset.from_dict({"label": ["a"]}),
+        "ST": datasets.Dataset.from_dict({"label": ["b"]}),
+    }
     with mock.patch.object(datasets, "get_dataset_config_names", return_value=list(fake)) as names, \
          mock.patch.object(datasets, "load_dataset", side_effect=lambda repo, config, split: fake[config]) as load:  # fmt: skip
         loaded = load_text_dataset("user/mjst", select_data="MJ")
@@ -106,7 +111,10 @@ def test_training_data_end_to_end(training_tree, workers):
     data = build_train_data(training_tree, CONFIG, select_data="MJ-ST", batch_ratio="0.75-0.25", batch_size=8, seed=5)
     assert data.batch_sizes == [6, 2]
     assert "Total_batch_size: 6+2 = 8" in data.log
-    assert "sub-directory:\t/MJ/MJ_train\t num samples: 30\t filtering: kept 30 of 32 (dropped: out_of_charset 1, too_long 1)" in data.log
+    assert (
+        "sub-directory:\t/MJ/MJ_train\t num samples: 30\t filtering: kept 30 of 32 (dropped: out_of_charset 1, too_long 1)"
+        in data.log
+    )
     assert data.counts["ST"]["kept"] == 12
     loader = DataLoader(data.dataset, batch_sampler=data.sampler, collate_fn=data.collator, num_workers=workers)
     skipped, batches = [], []

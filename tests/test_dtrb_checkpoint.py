@@ -154,6 +154,8 @@ class _Evil:
 def test_pickled_code_is_not_executed(tmp_path, capsys):
     path = tmp_path / "evil.pth"
     torch.save({"x": _Evil()}, path)
-    with pytest.raises(ValueError, match=r"refused it \(Unsupported global: GLOBAL print was not an allowed global by default\)"):
+    with pytest.raises(
+        ValueError, match=r"refused it \(Unsupported global: GLOBAL print was not an allowed global by default\)"
+    ):
         TextRecognitionModel.from_dtrb_checkpoint(path, ModelConfig("None", "VGG", "None", "CTC"))
     assert "arbitrary code ran" not in capsys.readouterr().out

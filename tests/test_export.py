@@ -32,6 +32,8 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 ATOL = 1e-4
+
+
 def make_model(stages: str, seed: int = 0, **overrides) -> TextRecognitionModel:
     """A small model with DTRB's initialisation; TPS's fiducial regressor gets noise so the warp is input-dependent."""
     torch.manual_seed(seed)

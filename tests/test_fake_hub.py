@@ -7,7 +7,6 @@ environment points at the fake Hub.
 from __future__ import annotations
 
 import json
-import os
 import struct
 import subprocess
 import urllib.error
@@ -20,6 +19,7 @@ from fake_hub import FakeHub, git_blob_oid, run_client
 README = "---\nlicense: apache-2.0\ntags:\n- ocr\n---\n# Demo\n\nA tiny test repo.\n"
 CONFIG = {"hidden_size": 8, "character": "0123456789abcdefghijklmnopqrstuvwxyz"}
 BINARY = bytes(range(256)) * 40 + b"\x00\xff\x00"
+
 
 def _check(result: subprocess.CompletedProcess[str]) -> str:
     assert result.returncode == 0, f"client failed:\nSTDOUT:\n{result.stdout}\nSTDERR:\n{result.stderr}"

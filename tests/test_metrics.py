@@ -2,7 +2,13 @@ from __future__ import annotations
 
 import pytest
 
-from text_recognition.metrics import NormalizedEditDistance, WordAccuracy, alphanumeric_lowercase, sample_norm_ed, score
+from text_recognition.metrics import (
+    NormalizedEditDistance,
+    WordAccuracy,
+    alphanumeric_lowercase,
+    sample_norm_ed,
+    score,
+)
 
 
 def test_hand_computed_scores():

@@ -182,7 +182,9 @@ def test_tps_starts_at_the_rare_fiducial_pattern():
 def test_recognize_accepts_any_inputs_and_sizes(tmp_path):
     model = small_model("None-VGG-BiLSTM-CTC").eval()
     rng = np.random.default_rng(0)
-    images = [Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8)) for w, h in ((40, 20), (300, 80), (100, 32))]
+    images = [
+        Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8)) for w, h in ((40, 20), (300, 80), (100, 32))
+    ]
     path = tmp_path / "word.png"
     images[0].convert("RGB").save(path)
     results = model.recognize(images)

@@ -114,14 +114,18 @@ def test_every_readme_command_and_snippet_runs(tmp_path):
                 continue
             result = subprocess.run(prepared(command), shell=True, cwd=tmp_path, env=env, capture_output=True,
                                     text=True, timeout=600)  # fmt: skip
-            assert result.returncode == 0, f"README command failed: {command}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+            assert result.returncode == 0, (
+                f"README command failed: {command}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+            )
             ran.append(command)
         for snippet in readme_blocks("python"):
             prelude = next((code for key, code in PYTHON_PRELUDE.items() if key in snippet), "")
             code = prelude + snippet.replace('"path/to/model_folder"', '"trba"')
             result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True,
                                     text=True, timeout=600)  # fmt: skip
-            assert result.returncode == 0, f"README snippet failed:\n{textwrap.indent(snippet, '  ')}\n{result.stderr[-3000:]}"
+            assert result.returncode == 0, (
+                f"README snippet failed:\n{textwrap.indent(snippet, '  ')}\n{result.stderr[-3000:]}"
+            )
         pushed = set(hub.repos)
     assert len(ran) + len([c for c in commands if c in COVERED_ELSEWHERE]) == len(commands)
     assert {"user/repo", "user/my-model"} <= pushed

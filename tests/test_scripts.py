@@ -142,7 +142,9 @@ def test_demo_errors(tmp_path, capsys, monkeypatch, crnn_pth):
     assert run(demo.main, ["--image_folder", str(tmp_path / "none"), "--saved_model", str(crnn_pth), *CRNN_FLAGS]) == 1
     assert "Image folder not found" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
-    assert run(demo.main, ["--image_folder", str(tmp_path / "empty"), "--saved_model", str(crnn_pth), *CRNN_FLAGS]) == 1
+    assert (
+        run(demo.main, ["--image_folder", str(tmp_path / "empty"), "--saved_model", str(crnn_pth), *CRNN_FLAGS]) == 1
+    )
     assert "No .jpg/.jpeg/.png images" in capsys.readouterr().err
     assert run(demo.main, ["--image_folder", str(tmp_path), "--saved_model", str(crnn_pth)]) == 1
     assert "does not record its architecture" in capsys.readouterr().err
@@ -162,7 +164,7 @@ def test_demo_output_file(tmp_path, image_folder, crnn_pth, monkeypatch, suffix)
     else:
         lines = out.read_text().splitlines()
         assert lines[0] == "image_path\ttext\tconfidence" and len(lines) == 5
-    assert run(demo.main, [*argv[:-len(CRNN_FLAGS) - 2], "--output", "x.csv", *CRNN_FLAGS]) == 1
+    assert run(demo.main, [*argv[: -len(CRNN_FLAGS) - 2], "--output", "x.csv", *CRNN_FLAGS]) == 1
 
 
 @pytest.mark.slow

@@ -71,8 +71,14 @@ def test_dtrb_flags_snake_case_aliases_and_defaults(data):
     model, data_config, train = train_configs_from_args(args)
     assert model.stage_string == "TPS-ResNet-BiLSTM-Attn" and model.img_w == 128 and model.pad
     assert (train.seed, train.val_interval, train.ft, train.baidu_ctc) == (7, 5, True, True)
-    assert (train.batch_size, train.num_iter, train.lr, train.rho, train.eps, train.grad_clip) == (192, 300000, 1.0,
-                                                                                                    0.95, 1e-8, 5.0)
+    assert (train.batch_size, train.num_iter, train.lr, train.rho, train.eps, train.grad_clip) == (
+        192,
+        300000,
+        1.0,
+        0.95,
+        1e-8,
+        5.0,
+    )
     assert (data_config.select_data, data_config.batch_ratio, data_config.workers) == ("MJ-ST", "0.5-0.5", 4)
 
 
@@ -93,8 +99,10 @@ def test_config_file_values_are_defaults_and_the_command_line_wins(tmp_path):
     ("argv", "match"),
     [
         (["--valid_data", "v"], "--train_data is required"),
-        (["--train_data", "t", "--valid_data", "v", "--select_data", "MJ-ST", "--batch_ratio", "1"],
-         r"batch_ratio has 1 value"),
+        (
+            ["--train_data", "t", "--valid_data", "v", "--select_data", "MJ-ST", "--batch_ratio", "1"],
+            r"batch_ratio has 1 value",
+        ),
         (["--train_data", "t", "--valid_data", "v", "--push_to_hub"], "--push_to_hub needs --hub_model_id"),
         (["--train_data", "t", "--valid_data", "v", "--num_iter", "0"], "num_iter must be at least 1"),
     ],
@@ -228,7 +236,9 @@ def test_checkpoint_of_another_architecture_is_a_clear_error(data, tmp_path):
                               str(tmp_path / "ctc" / "run" / "best_accuracy"), "--num_iter", "1"), tmp_path)  # fmt: skip
     assert result.returncode == 1
     assert "error: The checkpoint" in result.stderr and "--Prediction CTC (you gave Attn)" in result.stderr
-    assert f'File "{REPO_ROOT / "text_recognition"}' not in result.stderr  # no traceback of ours (the launcher adds one)
+    assert (
+        f'File "{REPO_ROOT / "text_recognition"}' not in result.stderr
+    )  # no traceback of ours (the launcher adds one)
 
 
 @pytest.mark.slow

@@ -34,7 +34,7 @@ class _DTRBMetric(evaluate.Metric):
 
 
 class WordAccuracy(_DTRBMetric):
-    """Word accuracy in percent, DTRB's ``test.py`` rule. ``WordAccuracy().compute(predictions=..., references=...)``."""
+    """Word accuracy in percent, DTRB's ``test.py`` rule; ``WordAccuracy().compute(predictions=, references=)``."""
 
     key = "accuracy"
     description = "Scene-text word accuracy (percent of exact matches), as DTRB's test.py computes it."

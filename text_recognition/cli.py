@@ -36,9 +36,7 @@ STAGE_FIELDS = ("transformation", "feature_extraction", "sequence_modeling", "pr
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add DTRB's model flags. Unset flags stay ``None`` so callers can tell them from defaults."""
-    group = parser.add_argument_group(
-        "model (DTRB's flags; needed for a DTRB .pth, whose file does not record them)"
-    )
+    group = parser.add_argument_group("model (DTRB's flags; needed for a DTRB .pth, whose file does not record them)")
     choices = list_stages()
     for flags, dest, kind, help_text in _MODEL_FLAGS:
         if dest in STAGE_FIELDS:

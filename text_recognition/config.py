@@ -105,7 +105,9 @@ class ModelConfig:
                 f"are output_channel/{divisor}, ...), got {self.output_channel}."
             )
         if not isinstance(self.pad, bool) or not isinstance(self.sensitive, bool):
-            raise ValueError(f"pad and sensitive must be booleans, got pad={self.pad!r}, sensitive={self.sensitive!r}.")
+            raise ValueError(
+                f"pad and sensitive must be booleans, got pad={self.pad!r}, sensitive={self.sensitive!r}."
+            )
 
         if self.character is None:
             self.character = CHARSET_94 if self.sensitive else CHARSET_36

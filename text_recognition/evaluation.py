@@ -59,14 +59,17 @@ class EvaluationReport:
         return weighted_accuracy([by_name[name] for name in PAPER_DATASETS])
 
     def table(self) -> str:
-        lines = [f"| dataset | samples | accuracy (%) | norm_ED | mean confidence | ms/image (batch {self.batch_size}) |",
-                 "|---|---|---|---|---|---|"]  # fmt: skip
+        timing = f"ms/image (batch {self.batch_size})"
+        lines = [
+            f"| dataset | samples | accuracy (%) | norm_ED | mean confidence | {timing} |",
+            "|---|---|---|---|---|---|",
+        ]
         lines += [f"| {r.dataset} | {r.num_samples} | {r.accuracy:.3f} | {r.norm_ED:.4f} | {r.mean_confidence:.4f} | "
                   f"{r.ms_per_image:.3f} |" for r in self.results]  # fmt: skip
         samples = sum(r.num_samples for r in self.results)
         if len(self.results) > 1:
-            lines.append(f"| total, all {len(self.results)} sets (DTRB's code) | {samples} | {self.total_accuracy:.3f} "
-                         f"| | | |")  # fmt: skip
+            total = f"{self.total_accuracy:.3f}"
+            lines.append(f"| total, all {len(self.results)} sets (DTRB's code) | {samples} | {total} | | | |")
         if self.total_accuracy_paper is not None:
             paper = sum(r.num_samples for r in self.results if r.dataset in PAPER_DATASETS)
             lines.append(f"| total, the paper's 7 sets | {paper} | {self.total_accuracy_paper:.3f} | | | |")
@@ -81,8 +84,13 @@ class EvaluationReport:
         return {
             "model": self.model,
             "datasets": {
-                r.dataset: {"num_samples": r.num_samples, "accuracy": r.accuracy, "norm_ED": r.norm_ED,
-                            "mean_confidence": r.mean_confidence, "ms_per_image": r.ms_per_image}
+                r.dataset: {
+                    "num_samples": r.num_samples,
+                    "accuracy": r.accuracy,
+                    "norm_ED": r.norm_ED,
+                    "mean_confidence": r.mean_confidence,
+                    "ms_per_image": r.ms_per_image,
+                }
                 for r in self.results
             },  # fmt: skip
             "total_accuracy": self.total_accuracy,
@@ -139,14 +147,15 @@ def evaluate(
     for name in _select(list(loaded), names, eval_data):
         dataset = loaded[name].cast_column("image", datasets.Image(decode=False))
         filtered, _, kept = filter_labels_with_counts(dataset, config, data_filtering_off)
-        data = TextData(MixedSources([(name, filtered, len(filtered), kept)]), TextCollator(config, data_filtering_off),
-                        log="")  # fmt: skip
+        sources = MixedSources([(name, filtered, len(filtered), kept)])
+        data = TextData(sources, TextCollator(config, data_filtering_off), log="")
         records, _, seconds = predict_records(model, data, list(range(len(filtered))), batch_size, device=device,
                                               num_workers=num_workers, warmup=True)  # fmt: skip
         scores = score_records(records, sensitive=config.sensitive, data_filtering_off=data_filtering_off)
         failures = [r for r in records if not _correct(r, config.sensitive, data_filtering_off)]
+        ms_per_image = 1000 * seconds / max(scores.num_samples, 1)
         results.append(DatasetResult(name, scores.num_samples, scores.accuracy, scores.norm_ED,
-                                     scores.mean_confidence, 1000 * seconds / max(scores.num_samples, 1), failures))  # fmt: skip
+                                     scores.mean_confidence, ms_per_image, failures))  # fmt: skip
         if timing_data is None and len(filtered):
             timing_data = data
     batch1 = None

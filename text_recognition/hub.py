@@ -350,9 +350,7 @@ def results_markdown(eval_results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def card_with_results(
-    readme: str, eval_results: list[dict[str, Any]], model_name: str, extra_text: str = ""
-) -> str:
+def card_with_results(readme: str, eval_results: list[dict[str, Any]], model_name: str, extra_text: str = "") -> str:
     """An existing model card with its ``## Evaluation`` section replaced by ``eval_results`` (and ``extra_text``)
     and its ``model-index`` set to them; every other section is kept."""
     card = ModelCard(readme)

@@ -127,9 +127,7 @@ class TextRecognitionModel(
         return self
 
     @torch.inference_mode()
-    def recognize(
-        self, images: ImageInput | Sequence[ImageInput], batch_size: int = 64
-    ) -> list[Recognition]:
+    def recognize(self, images: ImageInput | Sequence[ImageInput], batch_size: int = 64) -> list[Recognition]:
         """Read the text of word images.
 
         Args:

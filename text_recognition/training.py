@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from .config import DataConfig, ModelConfig, TrainConfig
 from .data.collate import SkipTracker
 from .data.loaders import TextData, build_eval_data, build_train_data
-from .hub import read_dtrb_state_dict
+from .hub import check_state_dict, read_dtrb_state_dict
 from .metrics import score
 from .model import TextRecognitionModel, load_model
 
@@ -285,7 +285,9 @@ def _report_to(requested: str | None) -> str | None:
         try:
             import tensorboard  # noqa: F401
         except ImportError:
-            raise ValueError("--report_to tensorboard needs the tensorboard package: pip install tensorboard") from None
+            raise ValueError(
+                "--report_to tensorboard needs the tensorboard package: pip install tensorboard"
+            ) from None
     return requested
 
 
@@ -316,8 +318,9 @@ class _Pusher:
         shutil.copytree(folder, snapshot, dirs_exist_ok=True)  # the folder may be replaced while uploading
         self.snapshots.append(snapshot)
         self.futures.append(
-            self.api.upload_folder(repo_id=self.repo_id, folder_path=snapshot, commit_message=message,
-                                   run_as_future=True)  # fmt: skip
+            self.api.upload_folder(
+                repo_id=self.repo_id, folder_path=snapshot, commit_message=message, run_as_future=True
+            )  # fmt: skip
         )
 
     def wait(self) -> list[str]:
@@ -363,8 +366,6 @@ def train(model_config: ModelConfig, data_config: DataConfig, train_config: Trai
         if train_config.ft:
             reinitialised = load_fitting_weights(model, state_dict)
         else:
-            from .hub import check_state_dict
-
             model.load_state_dict(check_state_dict(model, state_dict, model_config, repr(train_config.saved_model)))
     model.train()
 
@@ -489,8 +490,10 @@ def train(model_config: ModelConfig, data_config: DataConfig, train_config: Trai
                              "train/lr": optimizer.param_groups[0]["lr"]}, step=state.iteration)  # fmt: skip
             window_start, window_images = time.perf_counter(), 0
 
-        if state.iteration == 1 or state.iteration % train_config.val_interval == 0 or (
-            state.iteration == train_config.num_iter
+        if (
+            state.iteration == 1
+            or state.iteration % train_config.val_interval == 0
+            or (state.iteration == train_config.num_iter)
         ):
             pause = time.perf_counter()
             valid = evaluate_model(
@@ -549,7 +552,8 @@ def train(model_config: ModelConfig, data_config: DataConfig, train_config: Trai
         "validation_samples": last_valid.num_samples if last_valid else None,
         "train_runtime": runtime,
         # optimizer steps only: validation and checkpoint time excluded
-        "train_images_per_second": images_seen * accelerator.num_processes
+        "train_images_per_second": images_seen
+        * accelerator.num_processes
         / max(time.perf_counter() - loop_start - excluded, 1e-9),
         "num_parameters": unwrap(accelerator, model).num_parameters,
         "corrupt_images_skipped": dict(skips.counts),

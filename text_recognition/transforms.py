@@ -107,9 +107,7 @@ def load_image(image: ImageInput, input_channel: int) -> Image.Image:
     elif isinstance(image, (np.ndarray, torch.Tensor)):
         pil = _array_to_pil(image)
     else:
-        raise TypeError(
-            f"Expected a PIL image, a path, a numpy array or a tensor, got {type(image).__name__}."
-        )
+        raise TypeError(f"Expected a PIL image, a path, a numpy array or a tensor, got {type(image).__name__}.")
     return pil if pil.mode == mode else pil.convert(mode)
 
 

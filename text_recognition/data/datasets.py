@@ -174,7 +174,8 @@ class ConversionSummary(NamedTuple):
             lines.append(f"  {name}: {stats.samples} samples, {stats.image_bytes / 1e6:.1f} MB{bad}{more}")
         rate = self.samples / self.seconds if self.seconds else float("nan")
         lines.append(
-            f"total: {self.samples} samples, {self.image_bytes / 1e6:.1f} MB of images, {self.undecodable} undecodable,"
+            f"total: {self.samples} samples, {self.image_bytes / 1e6:.1f} MB of images, "
+            f"{self.undecodable} undecodable,"
             f" {self.seconds:.1f} s ({rate:,.0f} samples/s)"
         )
         return "\n".join(lines)
@@ -197,7 +198,9 @@ def convert_lmdb_tree(
     """
     sources = select_sources(find_sources(root, is_lmdb), select_data)
     if not sources:
-        raise FileNotFoundError(f"No LMDB (a folder with data.mdb) under {os.fspath(root)!r} matching {select_data!r}.")
+        raise FileNotFoundError(
+            f"No LMDB (a folder with data.mdb) under {os.fspath(root)!r} matching {select_data!r}."
+        )
     output_dir = Path(output_dir)
     single = is_lmdb(root)
     targets = {name: output_dir if single else output_dir / name for name in sources}
@@ -210,7 +213,9 @@ def convert_lmdb_tree(
         targets[name].parent.mkdir(parents=True, exist_ok=True)
         # A fresh cache beside the output: the conversion always runs (so stats are complete) and is then moved.
         with tempfile.TemporaryDirectory(prefix=".convert_", dir=targets[name].parent) as cache_dir:
-            dataset = lmdb_to_dataset(path, stats=stats, full_decode=full_decode, progress=progress, cache_dir=cache_dir)
+            dataset = lmdb_to_dataset(
+                path, stats=stats, full_decode=full_decode, progress=progress, cache_dir=cache_dir
+            )
             start = time.perf_counter()
             _save_atomically(dataset, targets[name])
             del dataset
@@ -239,7 +244,9 @@ def load_text_dataset(path_or_id: str | os.PathLike, select_data: str = "/") -> 
                 f"(data.mdb) or datasets folders (save_to_disk). Found: {sorted(find_sources(path, is_source))}"
             )
         loaded = {
-            name: lmdb_to_dataset(source, progress=True) if is_lmdb(source) else datasets.load_from_disk(os.fspath(source))
+            name: lmdb_to_dataset(source, progress=True)
+            if is_lmdb(source)
+            else datasets.load_from_disk(os.fspath(source))
             for name, source in sources.items()
         }
         return datasets.DatasetDict(loaded)
@@ -325,8 +332,8 @@ class GtEntry(NamedTuple):
 def read_gt_file(gt_file: str | os.PathLike, input_path: str | os.PathLike) -> list[GtEntry]:
     """Parse DTRB's gt file: UTF-8, one ``<image path relative to input_path>\\t<label>`` per line.
 
-    Line ends (``\\n`` and ``\\r\\n``) are removed; DTRB kept a trailing ``\\r`` in labels of CRLF files. Blank lines are
-    skipped.
+    Line ends (``\\n`` and ``\\r\\n``) are removed; DTRB kept a trailing ``\\r`` in labels of CRLF files.
+    Blank lines are skipped.
 
     Raises:
         FileNotFoundError: the gt file is missing.

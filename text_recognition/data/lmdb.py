@@ -46,9 +46,7 @@ def _map_size(estimate: int) -> int:
     return max(1 << 30, 4 * estimate)
 
 
-def write_lmdb(
-    samples: Iterable[tuple[bytes, str]], path: str | os.PathLike, map_size: int | None = None
-) -> int:
+def write_lmdb(samples: Iterable[tuple[bytes, str]], path: str | os.PathLike, map_size: int | None = None) -> int:
     """Write ``(encoded image bytes, label)`` pairs to a new DTRB-format LMDB at ``path``; returns the count.
 
     Image bytes are stored as given (no re-encoding). The map grows as needed, so ``map_size`` is only a hint.
@@ -108,7 +106,9 @@ class LmdbReader:
         try:
             self.num_samples = int(raw)
         except ValueError:
-            raise LmdbFormatError(f"The LMDB at {str(self.path)!r} has a malformed 'num-samples' value {raw!r}.") from None
+            raise LmdbFormatError(
+                f"The LMDB at {str(self.path)!r} has a malformed 'num-samples' value {raw!r}."
+            ) from None
 
     def __len__(self) -> int:
         return self.num_samples

@@ -113,7 +113,10 @@ def build_train_data(
                 members.append((name, dataset, take, kept))
             remaining -= take
         group_sizes.append(used)
-        log.append(f"num total samples of {token}: {total} x {float(total_data_usage_ratio)} (total_data_usage_ratio) = {used}")
+        log.append(
+            f"num total samples of {token}: {total} x {float(total_data_usage_ratio)} (total_data_usage_ratio) "
+            f"= {used}"
+        )
         log.append(f"num samples of {token} per batch: {batch_size} x {ratio} (batch_ratio) = {per_batch}")
         log.append(DASHED)
     total_batch = sum(counts_per_batch)

@@ -22,7 +22,9 @@ def parse_select_data(select_data: str | Sequence[str]) -> list[str]:
     tokens = select_data.split("-") if isinstance(select_data, str) else list(select_data)
     tokens = [token.strip() for token in tokens]
     if not tokens or any(not token for token in tokens):
-        raise ValueError(f"select_data must name at least one source, e.g. 'MJ-ST' or ['MJ', 'ST']; got {select_data!r}.")
+        raise ValueError(
+            f"select_data must name at least one source, e.g. 'MJ-ST' or ['MJ', 'ST']; got {select_data!r}."
+        )
     return tokens
 
 

@@ -62,7 +62,9 @@ class GRCL_unit(nn.Module):
         self.BN_rx = nn.BatchNorm2d(output_channel)
         self.BN_Gx = nn.BatchNorm2d(output_channel)
 
-    def forward(self, wgf_u: torch.Tensor, wgr_x: torch.Tensor, wf_u: torch.Tensor, wr_x: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, wgf_u: torch.Tensor, wgr_x: torch.Tensor, wf_u: torch.Tensor, wr_x: torch.Tensor
+    ) -> torch.Tensor:
         G = torch.sigmoid(self.BN_gfu(wgf_u) + self.BN_grx(wgr_x))
         return torch.relu(self.BN_fu(wf_u) + self.BN_Gx(self.BN_rx(wr_x) * G))
 

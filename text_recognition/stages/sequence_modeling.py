@@ -6,26 +6,15 @@ import torch
 from torch import nn
 
 from ..registry import register_stage
+from .identity import IdentityStage
 
 
-@register_stage("sequence_modeling", "None")
-class NoSequenceModeling(nn.Module):
-    """Identity: the head reads the CNN columns directly."""
-
-    def __init__(self, in_features: int) -> None:
-        super().__init__()
-        self.out_features = in_features
-
-    @classmethod
-    def from_config(cls, config, in_features: int) -> NoSequenceModeling:
-        return cls(in_features)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x
+# "None": the image (or the CNN columns) goes on unchanged.
+register_stage("sequence_modeling", "None")(IdentityStage)
 
 
 class BidirectionalLSTM(nn.Module):
-    """One bidirectional LSTM layer followed by a linear projection of the two directions: [B, T, in] -> [B, T, out]."""
+    """A bidirectional LSTM layer and a linear projection of its two directions: [B, T, in] -> [B, T, out]."""
 
     def __init__(self, input_size: int, hidden_size: int, output_size: int) -> None:
         super().__init__()

@@ -12,22 +12,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import register_stage
+from .identity import IdentityStage
 
 
-@register_stage("transformation", "None")
-class NoTransformation(nn.Module):
-    """Identity: the image goes to the feature extractor as it is."""
-
-    def __init__(self, in_features: int) -> None:
-        super().__init__()
-        self.out_features = in_features
-
-    @classmethod
-    def from_config(cls, config, in_features: int) -> NoTransformation:
-        return cls(in_features)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x
+# "None": the image (or the CNN columns) goes on unchanged.
+register_stage("transformation", "None")(IdentityStage)
 
 
 def fiducial_bias(num_fiducial: int) -> np.ndarray:
