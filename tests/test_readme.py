@@ -87,6 +87,7 @@ def make_sandbox(root: Path) -> None:
     for image in sorted((root / "data" / "images").iterdir())[:3]:
         shutil.copy(image, root / "demo_image" / image.name)
     shutil.copy(root / "data" / "images" / "word_000001.png", root / "word_1.png")
+    shutil.copy(root / "data" / "images" / "word_000002.png", root / "word.png")
     SyntheticWords(seed=4, image_format="JPEG").render(0)[0].save(root / "word_2.jpg")
     state = random_dtrb_state_dict(dtrb_manifest("TPS", "ResNet", "BiLSTM", "Attn", num_class=38), seed=0)
     torch.save({"module." + key: value for key, value in state.items()}, root / "TPS-ResNet-BiLSTM-Attn.pth")
