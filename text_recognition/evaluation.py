@@ -10,11 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import datasets
-
 from .data.collate import TextCollator
-from .data.datasets import filter_labels_with_counts, load_text_dataset
-from .data.loaders import TextData
+from .data.loaders import TextData, filtered_sources
 from .data.mixing import MixedSources
 from .model import TextRecognitionModel
 from .training import Record, predict_records, score_records
@@ -142,11 +139,11 @@ def evaluate(
     """
     device = next(model.parameters()).device
     config = model.config
-    loaded = load_text_dataset(eval_data)
+    sources_by_name = {name: (filtered, kept) for name, filtered, _, kept in
+                       filtered_sources(eval_data, "/", config, data_filtering_off)}  # fmt: skip
     results, timing_data = [], None
-    for name in _select(list(loaded), names, eval_data):
-        dataset = loaded[name].cast_column("image", datasets.Image(decode=False))
-        filtered, _, kept = filter_labels_with_counts(dataset, config, data_filtering_off)
+    for name in _select(list(sources_by_name), names, eval_data):
+        filtered, kept = sources_by_name[name]
         sources = MixedSources([(name, filtered, len(filtered), kept)])
         data = TextData(sources, TextCollator(config, data_filtering_off), log="")
         records, _, seconds = predict_records(model, data, list(range(len(filtered))), batch_size, device=device,

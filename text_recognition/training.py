@@ -14,7 +14,7 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from .config import DataConfig, ModelConfig, TrainConfig
 from .data.collate import SkipTracker
 from .data.loaders import TextData, build_eval_data, build_train_data
+from .data.mixing import parse_select_data
 from .hub import check_state_dict, read_dtrb_state_dict
 from .metrics import score
 from .model import TextRecognitionModel, load_model
@@ -49,13 +50,12 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.
     return torch.optim.Adadelta(params, lr=config.lr, rho=config.rho, eps=config.eps)
 
 
-def load_saved_state(saved_model: str) -> tuple[dict[str, torch.Tensor], ModelConfig | None]:
-    """The weights of ``--saved_model`` (a model folder, a Hub id or a DTRB .pth) and its config when it has one."""
+def load_saved_state(saved_model: str) -> dict[str, torch.Tensor]:
+    """The weights of ``--saved_model``: a model folder, a Hub id or a DTRB .pth."""
     path = Path(saved_model)
     if path.is_file():
-        return read_dtrb_state_dict(path), None
-    model = load_model(saved_model)
-    return model.state_dict(), model.config
+        return read_dtrb_state_dict(path)
+    return load_model(saved_model).state_dict()
 
 
 def load_fitting_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> list[str]:
@@ -291,10 +291,6 @@ def _report_to(requested: str | None) -> str | None:
     return requested
 
 
-def _endless(loader: DataLoader) -> Iterator[dict[str, Any]]:
-    yield from loader  # the batch sampler is endless: no epochs, no re-shuffling restarts
-
-
 class _Pusher:
     """Pushes best-accuracy model folders to the Hub in the background; failures are logged, never raised."""
 
@@ -362,7 +358,7 @@ def train(model_config: ModelConfig, data_config: DataConfig, train_config: Trai
     model.init_weights()
     reinitialised: list[str] = []
     if train_config.saved_model:
-        state_dict, _ = load_saved_state(train_config.saved_model)
+        state_dict = load_saved_state(train_config.saved_model)
         if train_config.ft:
             reinitialised = load_fitting_weights(model, state_dict)
         else:
@@ -404,7 +400,7 @@ def train(model_config: ModelConfig, data_config: DataConfig, train_config: Trai
     loader = DataLoader(train_data.dataset, batch_sampler=train_data.sampler, collate_fn=train_data.collator,
                         num_workers=data_config.workers, pin_memory=accelerator.device.type == "cuda",
                         persistent_workers=data_config.workers > 0)  # fmt: skip
-    batches = _endless(loader)
+    batches = iter(loader)  # the batch sampler is endless: no epochs, no re-shuffling restarts
 
     per_process = sum(train_data.batch_sizes)
     total_batch = per_process * accelerator.num_processes * accumulation
@@ -420,8 +416,8 @@ def train(model_config: ModelConfig, data_config: DataConfig, train_config: Trai
             opt_file.write("---------------------------------------\n")
         with open(run_dir / "log_dataset.txt", "a", encoding="utf-8") as log_dataset:
             log_dataset.write(train_data.log + "\nvalidation:\n" + valid_data.log + DASHED + "\n")
-        split = " + ".join(f"{n} {token}" for n, token in zip(train_data.batch_sizes,
-                                                               _tokens(data_config.select_data)))  # fmt: skip
+        tokens = parse_select_data(data_config.select_data)
+        split = " + ".join(f"{n} {token}" for n, token in zip(train_data.batch_sizes, tokens))
         accelerator.print(
             f"{model_config.stage_string}: {unwrap(accelerator, model).num_parameters:,} parameters\n"
             f"Training samples: {len(train_data.dataset):,} | validation samples: {len(valid_data.dataset):,}\n"
@@ -570,12 +566,6 @@ def train(model_config: ModelConfig, data_config: DataConfig, train_config: Trai
 
 def unwrap(accelerator: Accelerator, model: torch.nn.Module) -> TextRecognitionModel:
     return accelerator.unwrap_model(model)
-
-
-def _tokens(select_data: str | list[str]) -> list[str]:
-    from .data.mixing import parse_select_data
-
-    return parse_select_data(select_data)
 
 
 def _save_checkpoint(accelerator: Accelerator, checkpoints_dir: Path, state: TrainState, limit: int | None) -> None:

@@ -31,12 +31,16 @@ class TextData:
     batch_sizes: list[int] = field(default_factory=list)  # per selected group, in select_data order
 
 
-def _filtered_sources(
+def filtered_sources(
     data: str | os.PathLike, select: str, config: ModelConfig, data_filtering_off: bool
 ) -> list[tuple[str, datasets.Dataset, Counter, list[int] | None]]:
+    """``[(name, filtered dataset with undecoded image bytes, counts per reason, kept rows or None)]`` of the
+    sources under ``data`` whose name starts with ``select``."""
     try:
         loaded = load_text_dataset(data, select)
     except FileNotFoundError as error:
+        if select == "/":
+            raise
         raise FileNotFoundError(f"{error} (select_data token {select!r})") from None
     result = []
     for name, dataset in loaded.items():
@@ -91,7 +95,7 @@ def build_train_data(
     log = [DASHED, f"dataset_root: {train_data}", f"opt.select_data: {tokens}", f"opt.batch_ratio: {ratios}", DASHED]
     members, group_sizes, all_counts = [], [], {}
     for token, ratio, per_batch in zip(tokens, ratios, counts_per_batch):
-        sources = _filtered_sources(train_data, token, config, data_filtering_off)
+        sources = filtered_sources(train_data, token, config, data_filtering_off)
         log.append(f"dataset_root:    {train_data}\t dataset: {token}")
         total = 0
         for name, dataset, counts, _ in sources:
@@ -146,7 +150,7 @@ def build_eval_data(
         FileNotFoundError: ``data`` missing or holding no source.
         ValueError: no sample left after filtering.
     """
-    sources = _filtered_sources(data, select_data, config, data_filtering_off)
+    sources = filtered_sources(data, select_data, config, data_filtering_off)
     log = [f"dataset_root:    {data}\t dataset: {select_data}"]
     for name, dataset, counts, _ in sources:
         log.append(f"sub-directory:\t/{name}\t num samples: {len(dataset)}\t filtering: {_counts_text(counts)}")
