@@ -58,7 +58,7 @@ demo: $(STAMP)
 	  $(DEMO_MODEL) --batch_size 32 --adam --lr 1e-3 --num_iter $(DEMO_ITERS) --valInterval $(DEMO_VAL_INTERVAL) \
 	  --workers 1 --output_dir $(DEMO)/runs --exp_name crnn-synth --report_to none
 	@echo "== [5/6] evaluate the best model on the held-out test words"
-	$(PY) scripts/evaluate.py --eval_data $(DEMO)/hf/test --saved_model $(DEMO_RUN)/best_accuracy --workers 0 --result_dir $(DEMO)/result \
+	$(PY) scripts/test.py --eval_data $(DEMO)/hf/test --saved_model $(DEMO_RUN)/best_accuracy --workers 0 --result_dir $(DEMO)/result \
 	  --output_json $(DEMO)/test_results.json
 	@echo "== [6/6] read ten test images (scripts/demo.py)"
 	mkdir -p $(DEMO)/predict_images && cp $$(ls $(DEMO)/raw/test/images/* | head -n 10) $(DEMO)/predict_images/

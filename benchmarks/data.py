@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Training data path throughput: ours against a plain DTRB-style pipeline, same LMDBs, same machine, one run.
+"""Training data path throughput: ours against a plain DTRB-style pipeline, same LMDBs, same machine.
 
 Ours: LMDB tree -> datasets (converted once, timed separately) -> label filtering -> BatchBalancedSampler ->
 MixedSources batch fetch -> TextCollator (decode + clean + batched AlignCollate) in DataLoader workers.
@@ -12,15 +12,20 @@ normalise, then ``torch.cat``).
     python benchmarks/data.py                      # 6,000 MJSynth-like JPEG words in 2 LMDBs, batch 192
     python benchmarks/data.py --num_samples 20000 --batches 60
 
-Reports images/s for 0 and 2 workers, and per worker process (DTRB runs ``workers`` per source, so 2 sources at
-``--workers 2`` are 4 processes; ours uses 2). Conversion is reported in samples/s.
+Compares the two pipelines end to end, at the same ``--workers`` setting (DTRB starts ``workers`` DataLoader
+processes per source, so 2 sources at ``--workers 2`` are 4 worker processes; ours starts 2; at ``--workers 0``
+both load in the main process), and at an equal total number of worker processes (``--equal_processes N``: ours
+with N workers against DTRB style with N / 2 workers per source). Each configuration: one untimed warm-up run of
+each side, then ``--repeats`` (default 3) timed runs per side, interleaved (ours, baseline, ...); the median and
+range (min-max) of images/s, and the ratio of the medians. The LMDB -> datasets conversion is timed the same way
+(warm-up + ``--repeats`` runs), in samples/s.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io
-import os
 import re
 import string
 import tempfile
@@ -36,6 +41,10 @@ from torch.utils.data import DataLoader, Dataset
 from text_recognition import ModelConfig
 from text_recognition.data import build_train_data, convert_lmdb_tree
 from text_recognition.data.synth import SyntheticWords
+
+_spec = importlib.util.spec_from_file_location("benchmark_timing", Path(__file__).resolve().parent / "_timing.py")
+timing = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(timing)
 
 
 class DtrbLmdbDataset(Dataset):
@@ -150,33 +159,74 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--num_samples", type=int, default=6000)
     parser.add_argument("--batch_size", type=int, default=192)
-    parser.add_argument("--batches", type=int, default=20, help="timed batches per configuration")
-    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    parser.add_argument("--batches", type=int, default=20, help="timed batches per run")
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="same --workers setting on both sides")
+    parser.add_argument(
+        "--equal_processes",
+        type=int,
+        nargs="*",
+        default=[2],
+        help="even N: ours with N workers against DTRB style with N/2 per source (N processes each)",
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per side, interleaved with the other side")
     args = parser.parse_args()
+    if any(n < 2 or n % 2 for n in args.equal_processes):
+        parser.error("--equal_processes takes even numbers >= 2 (DTRB style starts N/2 workers for each of 2 sources)")
     torch.set_num_threads(1)  # the data path is CPU-bound Python/PIL; keep torch from competing with workers
+    start_time = timing.header(f"{args.repeats} timed runs per side, interleaved (ours, baseline, ...) after warm-up")
     config = ModelConfig("None", "VGG", "BiLSTM", "CTC")
+    raw_lines = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "lmdb"
         start = time.perf_counter()
         make_data(root, args.num_samples)
         print(f"made {args.num_samples} JPEG word images in 2 LMDBs in {time.perf_counter() - start:.1f} s")
 
-        start = time.perf_counter()
-        summary = convert_lmdb_tree(root, Path(tmp) / "hf", progress=False)
-        seconds = time.perf_counter() - start
-        print(f"conversion LMDB -> datasets: {summary.samples} samples in {seconds:.2f} s = "
-              f"{summary.samples / seconds:,.0f} samples/s ({summary.image_bytes / 1e6:.1f} MB, no re-encoding)")  # fmt: skip
+        conversions = []
 
-        print(f"\ntraining data path, batch {args.batch_size} (MJ 0.5 + ST 0.5), images/s; cpu count {os.cpu_count()}")
-        print("| workers | ours (img/s) | DTRB style (img/s) | ratio | ours per process | DTRB per process | ratio |")
-        print("|---|---|---|---|---|---|---|")
-        for workers in args.workers:
-            ours_rate = ours(root, config, args.batch_size, workers, args.batches)
-            dtrb_rate = dtrb_style(root, config, args.batch_size, workers, args.batches)
-            ours_procs, dtrb_procs = max(workers, 1), max(2 * workers, 1)
-            print(f"| {workers} | {ours_rate:,.0f} | {dtrb_rate:,.0f} | {ours_rate / dtrb_rate:.2f}x | "
-                  f"{ours_rate / ours_procs:,.0f} | {dtrb_rate / dtrb_procs:,.0f} | "
-                  f"{(ours_rate / ours_procs) / (dtrb_rate / dtrb_procs):.2f}x |")  # fmt: skip
+        def convert() -> float:
+            start = time.perf_counter()
+            summary = convert_lmdb_tree(root, Path(tmp) / f"hf{len(conversions)}", progress=False)
+            rate = summary.samples / (time.perf_counter() - start)
+            conversions.append(summary)
+            return rate
+
+        rates = timing.interleaved({"conversion": convert}, args.repeats, label="conversion")
+        raw_lines.append(timing.raw("conversion (samples/s)", rates, 0))
+        summary = conversions[-1]
+        print(f"conversion LMDB -> datasets (convert_lmdb_tree): {summary.samples} samples "
+              f"({summary.image_bytes / 1e6:.1f} MB, no re-encoding), samples/s median (min-max) of {args.repeats} "
+              f"runs: {timing.summary(rates['conversion'], 0)}", flush=True)  # fmt: skip
+
+        print(f"\ntraining data path, batch {args.batch_size} (MJ 0.5 + ST 0.5), {args.batches} timed batches per "
+              f"run after 2 warm-up batches, images/s, median (min-max) of {args.repeats} runs per side:")  # fmt: skip
+        print("| comparison | ours: workers (worker processes) | DTRB style: workers per source (worker processes) "
+              "| ours median (range) | DTRB style median (range) | ratio of medians |")  # fmt: skip
+        print("|---|---|---|---|---|---|", flush=True)
+        rows = [("same --workers", w, w) for w in args.workers]
+        rows += [("equal worker processes", n, n // 2) for n in args.equal_processes]
+        for comparison, ours_workers, dtrb_workers in rows:
+            label = f"{comparison}: ours {ours_workers}, DTRB {dtrb_workers} per source"
+            rates = timing.interleaved(
+                {
+                    "ours": lambda w=ours_workers: ours(root, config, args.batch_size, w, args.batches),
+                    "dtrb": lambda w=dtrb_workers: dtrb_style(root, config, args.batch_size, w, args.batches),
+                },
+                args.repeats,
+                label=label,
+            )
+            raw_lines.append(timing.raw(label, rates, 0))
+            print(f"| {comparison} | {ours_workers} ({_processes(ours_workers)}) | "
+                  f"{dtrb_workers} ({_processes(2 * dtrb_workers)}) | {timing.summary(rates['ours'], 0)} | "
+                  f"{timing.summary(rates['dtrb'], 0)} | {timing.ratio(rates['ours'], rates['dtrb'])} |",
+                  flush=True)  # fmt: skip
+    print("\nper-run rates, in run order:")
+    print("\n".join(raw_lines))
+    timing.footer(start_time)
+
+
+def _processes(count: int) -> str:
+    return f"{count} worker processes" if count else "main process only"
 
 
 if __name__ == "__main__":

@@ -8,18 +8,23 @@ texts and confidences are decoded per sample in Python (index lookups, ``find('[
     python benchmarks/inference.py                       # TRBA and CRNN, batch 1 and 64
     python benchmarks/inference.py --models None-VGG-BiLSTM-CTC --batch_sizes 64 --num_images 512
 
-Prints images/s of both and the ratio (ours / baseline). Timings include image preprocessing from in-memory PIL
-images of varied sizes, as a user calling ``recognize`` on decoded crops would see.
+Each configuration: one untimed warm-up of each side, then ``--repeats`` (default 3) timed runs per side,
+interleaved (ours, baseline, ours, baseline, ...). Prints the median and range (min-max) of each side's images/s
+and the ratio of the medians. Timings include image preprocessing from in-memory PIL images of varied sizes, as a
+user calling ``recognize`` on decoded crops would see.
+
+At the end, the evaluation comparison: ``text_recognition.evaluation.evaluate`` (what scripts/test.py runs) against
+a DTRB test.py-style loop on the same LMDB, timed the same way after the LMDB -> datasets cache has been built.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
-import platform
 import string
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +36,16 @@ from text_recognition import ModelConfig, TextRecognitionModel
 from text_recognition.data import SyntheticWords
 from text_recognition.evaluation import evaluate
 
-_spec = importlib.util.spec_from_file_location("data_benchmark", Path(__file__).resolve().parent / "data.py")
-data_benchmark = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(data_benchmark)
+
+def _load(name: str, filename: str):
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent / filename)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+data_benchmark = _load("data_benchmark", "data.py")
+timing = _load("benchmark_timing", "_timing.py")
 
 
 def make_images(count: int, seed: int = 0) -> list[Image.Image]:
@@ -129,14 +141,11 @@ def dtrb_style_evaluate(model: TextRecognitionModel, lmdb_root: str, batch_size:
     return 100 * n_correct / length
 
 
-def images_per_second(fn, images: list[Image.Image], repeats: int) -> float:
-    fn(images[: max(1, len(images) // 8)])  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn(images)
-        best = min(best, time.perf_counter() - start)
-    return len(images) / best
+def timed_rate(fn, images: list[Image.Image]) -> float:
+    """Images per second of one run of ``fn`` over ``images``."""
+    start = time.perf_counter()
+    fn(images)
+    return len(images) / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -145,7 +154,7 @@ def main() -> None:
     parser.add_argument("--batch_sizes", nargs="+", type=int, default=[1, 64])
     parser.add_argument("--num_images", type=int, default=256, help="images per timed run at batch > 1")
     parser.add_argument("--num_images_batch1", type=int, default=64, help="images per timed run at batch 1")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs; the best is reported")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per side, interleaved with the other side")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument(
         "--eval_samples", type=int, default=2000, help="samples for the evaluation comparison (0: skip)"
@@ -154,44 +163,84 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
-    )
-    print("| model | batch | recognize (img/s) | DTRB demo style (img/s) | ratio |")
-    print("|---|---|---|---|---|")
+    start = timing.header(f"{args.repeats} timed runs per side, interleaved (ours, baseline, ...) after a warm-up")
+    print(f"recognize vs DTRB demo.py style, images/s, median (min-max) of {args.repeats} runs per side:")
+    print("| model | batch | images per run | recognize median (range) | DTRB demo style median (range) "
+          "| ratio of medians |")  # fmt: skip
+    print("|---|---|---|---|---|---|", flush=True)
+    raw_lines = []
     for stage_string in args.models:
         torch.manual_seed(0)
         model = TextRecognitionModel(ModelConfig.from_stage_string(stage_string)).eval()
         model.init_weights()
         for batch_size in args.batch_sizes:
             images = make_images(args.num_images_batch1 if batch_size == 1 else args.num_images)
-            ours = images_per_second(lambda x: model.recognize(x, batch_size=batch_size), images, args.repeats)
-            baseline = images_per_second(lambda x: dtrb_style_recognize(model, x, batch_size), images, args.repeats)
-            print(f"| {stage_string} | {batch_size} | {ours:.1f} | {baseline:.1f} | {ours / baseline:.2f}x |")
+            warmup_images = images[: max(1, len(images) // 8)]
+
+            def ours(x, batch_size=batch_size, model=model):
+                return model.recognize(x, batch_size=batch_size)
+
+            def baseline(x, batch_size=batch_size, model=model):
+                return dtrb_style_recognize(model, x, batch_size)
+
+            rates = timing.interleaved(
+                {"recognize": partial(timed_rate, ours, images), "dtrb": partial(timed_rate, baseline, images)},
+                args.repeats,
+                warmups={"recognize": partial(ours, warmup_images), "dtrb": partial(baseline, warmup_images)},
+                label=f"{stage_string} batch {batch_size}",
+            )
+            raw_lines.append(timing.raw(f"{stage_string} batch {batch_size}", rates))
+            print(f"| {stage_string} | {batch_size} | {len(images)} | {timing.summary(rates['recognize'])} | "
+                  f"{timing.summary(rates['dtrb'])} | {timing.ratio(rates['recognize'], rates['dtrb'])} |",
+                  flush=True)  # fmt: skip
     if args.eval_samples:
-        evaluation_comparison(args.eval_samples)
+        raw_lines.append(evaluation_comparison(args.eval_samples, args.repeats))
+    print("\nper-run rates (images/s), in run order:")
+    print("\n".join(raw_lines))
+    timing.footer(start)
 
 
-def evaluation_comparison(num_samples: int) -> None:
-    """scripts/evaluate.py's evaluation against DTRB test.py's loop, CRNN, batch 192, same LMDB, in-process."""
+def evaluation_comparison(num_samples: int, repeats: int) -> str:
+    """scripts/test.py's ``evaluate()`` against DTRB test.py's loop, CRNN, batch 192, same LMDB, in-process.
+
+    The first ``evaluate()`` call converts the LMDB into the datasets cache; it and one baseline run are the
+    untimed warm-up. Then ``repeats`` runs of each, interleaved."""
     torch.manual_seed(0)
     model = TextRecognitionModel(ModelConfig("None", "VGG", "BiLSTM", "CTC")).eval()
     model.init_weights()
+    accuracies = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "eval" / "words"
         SyntheticWords(charset=string.digits + string.ascii_lowercase, image_format="JPEG", min_length=3,
                        max_length=12, seed=4).write_lmdb(root, num_samples, progress=False)  # fmt: skip
+        start = time.perf_counter()
         evaluate(model, root.parent, batch_size=192, timing_samples=0)  # converts the LMDB once (cached), warms up
-        start = time.perf_counter()
-        evaluate(model, root.parent, batch_size=192, timing_samples=0)
-        ours = num_samples / (time.perf_counter() - start)
-        dtrb_style_evaluate(model, str(root), 192)
-        start = time.perf_counter()
-        dtrb_style_evaluate(model, str(root), 192)
-        baseline = num_samples / (time.perf_counter() - start)
-    print(f"\nevaluation, None-VGG-BiLSTM-CTC, batch 192, {num_samples} JPEG words, 0 workers (img/s):")
-    print("| evaluate.py | DTRB test.py style | ratio |\n|---|---|---|")
-    print(f"| {ours:.1f} | {baseline:.1f} | {ours / baseline:.2f}x |")
+        print(f"\nfirst evaluate() (LMDB -> datasets conversion + warm-up): {time.perf_counter() - start:.1f} s",
+              flush=True)  # fmt: skip
+
+        def ours() -> float:
+            start = time.perf_counter()
+            report = evaluate(model, root.parent, batch_size=192, timing_samples=0)
+            rate = num_samples / (time.perf_counter() - start)
+            accuracies["ours"] = report.total_accuracy
+            return rate
+
+        def baseline() -> float:
+            start = time.perf_counter()
+            accuracies["dtrb"] = dtrb_style_evaluate(model, str(root), 192)
+            return num_samples / (time.perf_counter() - start)
+
+        rates = timing.interleaved({"test.py": ours, "dtrb": baseline}, repeats,
+                                   warmups={"test.py": lambda: None}, label="evaluation")  # fmt: skip
+    print(f"\nevaluation, None-VGG-BiLSTM-CTC (untrained), batch 192, {num_samples} JPEG words, 0 workers, "
+          f"images/s, median (min-max) of {repeats} runs per side:")  # fmt: skip
+    print("| scripts/test.py evaluate() median (range) | DTRB test.py style median (range) | ratio of medians |")
+    print("|---|---|---|")
+    print(f"| {timing.summary(rates['test.py'])} | {timing.summary(rates['dtrb'])} | "
+          f"{timing.ratio(rates['test.py'], rates['dtrb'])} |")  # fmt: skip
+    print(f"accuracy (same model, same words): evaluate() {accuracies['ours']:.2f} %, "
+          f"DTRB style {accuracies['dtrb']:.2f} %", flush=True)  # fmt: skip
+    return timing.raw("evaluation", rates)
 
 
 if __name__ == "__main__":

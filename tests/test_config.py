@@ -109,3 +109,40 @@ def test_from_stage_string():
     assert (config.stage_string, config.hidden_size) == ("None-VGG-BiLSTM-CTC", 128)
     with pytest.raises(ValueError, match="four parts"):
         ModelConfig.from_stage_string("VGG-CTC")
+
+
+# ---- the command line is derived from the dataclasses ---------------------------------------------------------
+
+
+def test_every_config_field_is_a_train_flag_with_its_default():
+    from dataclasses import fields
+
+    from text_recognition.cli import build_train_parser, parse_train_args
+    from text_recognition.config import DataConfig, TrainConfig
+
+    args = parse_train_args([])
+    for cls in (DataConfig, TrainConfig):
+        for item in fields(cls):
+            assert getattr(args, item.name) == item.default, f"--{item.name} default differs from {cls.__name__}"
+    spellings = {option for action in build_train_parser()._actions for option in action.option_strings}
+    model_fields = {item.name for item in fields(ModelConfig)} - {"config_version"}
+    dests = {action.dest for action in build_train_parser()._actions}
+    assert model_fields <= dests, model_fields - dests
+    # DTRB's spellings and the snake_case aliases both parse
+    for flag in ("--imgH", "--img_h", "--PAD", "--pad", "--manualSeed", "--seed", "--valInterval", "--FT",
+                 "--baiduCTC", "--Transformation", "--feature_extraction", "--rgb"):  # fmt: skip
+        assert flag in spellings
+
+
+def test_model_flags_stay_unset_until_given():
+    import argparse
+
+    from text_recognition.cli import add_model_arguments, model_config_from_args, model_flags_given
+
+    parser = add_model_arguments(argparse.ArgumentParser())
+    assert model_config_from_args(parser.parse_args([]), require_stages=False) is None
+    args = parser.parse_args(["--imgH", "64", "--PAD"])
+    assert model_flags_given(args) == ["--imgH", "--PAD"]
+    config = model_config_from_args(parser.parse_args("--Transformation None --FeatureExtraction VGG "
+                                                      "--SequenceModeling None --Prediction CTC --rgb".split()))
+    assert config.input_channel == 3 and config.img_h == ModelConfig.img_h

@@ -12,7 +12,7 @@ import torch
 from dtrb_reference import dtrb_manifest, dtrb_reference_forward, random_dtrb_state_dict
 
 from text_recognition import ModelConfig, TextRecognitionModel, list_stages
-from text_recognition.hub import CheckpointMismatchError
+from text_recognition.checkpoints import CheckpointMismatchError
 
 COMBINATIONS = list(itertools.product(*list_stages().values()))
 SMALL = {"output_channel": 64, "hidden_size": 32}

@@ -118,7 +118,7 @@ def test_quick_start_notebook_runs_end_to_end(tmp_path):
     results = json.loads((tmp_path / "test_results.json").read_text())
     assert results["datasets"]["synth"]["num_samples"] == 20
     assert "held-out word accuracy" in stream_text(nb, "evaluate")
-    assert list((tmp_path / "result").rglob("log_evaluation.txt")), "evaluate.py's ./result/ belongs in WORK_DIR"
+    assert list((tmp_path / "result").rglob("log_evaluation.txt")), "scripts/test.py's ./result/ belongs in WORK_DIR"
     html = [out.data["text/html"] for out in cell(nb, "predict").outputs if "text/html" in out.get("data", {})]
     assert len(html) == 1 and html[0].count('<img src="data:image/png;base64,') == 4
     assert PUSH_SKIPPED in stream_text(nb, "push")

@@ -285,3 +285,7 @@ def test_push_to_hub_during_training(data, tmp_path):
     assert refused.returncode == 0, refused.stdout  # a refused repo does not stop training
     assert "training continues without --push_to_hub" in refused.stdout + refused.stderr
     assert (tmp_path / "no" / "run" / "best_accuracy" / "model.safetensors").is_file()
+    # all_results.json is written once the pushes are over, so it holds their outcome
+    assert run_files(tmp_path / "ok")["push_errors"] == []
+    assert any("acme/secret" in error for error in run_files(tmp_path / "no")["push_errors"])
+    assert "split: validation" in card and "split: test" not in card  # training's results are validation results

@@ -1,50 +1,96 @@
-"""Command-line plumbing shared by ``scripts/``: DTRB's model flags (CamelCase names with snake_case aliases) and
-error reporting that says what is wrong without a traceback."""
+"""Command-line plumbing shared by ``scripts/``: options derived from the config dataclasses (each field is written
+once, in ``config.py``, with DTRB's CamelCase name, its snake_case alias and its help), ``--config FILE``, and error
+reporting that says what is wrong without a traceback."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
 
-from .config import ModelConfig
-from .registry import list_stages
+import yaml
 
-# (flags, dest, type, help); DTRB's spelling first, so `--help` shows the name DTRB users know.
-_MODEL_FLAGS: list[tuple[tuple[str, ...], str, Any, str]] = [
-    (("--Transformation", "--transformation"), "transformation", str, "None | TPS"),
-    (("--FeatureExtraction", "--feature_extraction"), "feature_extraction", str, "VGG | RCNN | ResNet"),
-    (("--SequenceModeling", "--sequence_modeling"), "sequence_modeling", str, "None | BiLSTM"),
-    (("--Prediction", "--prediction"), "prediction", str, "CTC | Attn"),
-    (("--num_fiducial",), "num_fiducial", int, "number of TPS fiducial points (default 20)"),
-    (("--input_channel",), "input_channel", int, "input channels (default 1; --rgb sets 3)"),
-    (("--output_channel",), "output_channel", int, "CNN output channels (default 512)"),
-    (("--hidden_size",), "hidden_size", int, "LSTM hidden size (default 256)"),
-    (("--imgH", "--img_h"), "img_h", int, "input height (default 32)"),
-    (("--imgW", "--img_w"), "img_w", int, "input width (default 100)"),
-    (("--character",), "character", str, "charset (default 0-9a-z; '94_full' or --sensitive for DTRB's 94 symbols)"),
-    (("--batch_max_length",), "batch_max_length", int, "maximum label length (default 25)"),
-]
-_MODEL_SWITCHES: list[tuple[tuple[str, ...], str, str]] = [
-    (("--PAD", "--pad"), "pad", "keep the aspect ratio and right-pad instead of stretching"),
-    (("--rgb",), "rgb", "RGB input (sets --input_channel 3)"),
-    (("--sensitive",), "sensitive", "case-sensitive; alone it selects DTRB's 94-symbol charset"),
-]
-STAGE_FIELDS = ("transformation", "feature_extraction", "sequence_modeling", "prediction")
+from .config import DataConfig, ModelConfig, TrainConfig
+from .model import load_model
+from .registry import STAGE_KINDS, list_stages
+
+_TYPES = {"str": str, "int": int, "float": float, "bool": bool}
+
+
+@dataclass(frozen=True)
+class Option:
+    """One command-line option, derived from a config dataclass field."""
+
+    dest: str
+    flags: tuple[str, ...]
+    kind: type
+    default: Any
+    help: str
+
+    @property
+    def is_switch(self) -> bool:
+        return self.kind is bool
+
+
+def dataclass_options(cls: type) -> list[Option]:
+    """The options of a config dataclass: every field made with ``config.option`` (flags, help) or plainly
+    (``--<name>``), its type read from the annotation's first member (``int | None`` -> int)."""
+    options = []
+    for item in fields(cls):
+        if not item.metadata.get("cli", True):
+            continue
+        kind = _TYPES[str(item.type).split("|")[0].strip()]
+        if kind is bool and item.default is not False:
+            raise TypeError(f"{cls.__name__}.{item.name}: boolean options must default to False (a --flag switch).")
+        flags = tuple(item.metadata.get("flags") or ()) or (f"--{item.name}",)
+        options.append(Option(item.name, flags, kind, item.default, item.metadata.get("help", "")))
+    return options
+
+
+MODEL_OPTIONS = dataclass_options(ModelConfig)
+DATA_OPTIONS = dataclass_options(DataConfig)
+TRAIN_OPTIONS = dataclass_options(TrainConfig)
+
+
+def _help(option: Option) -> str:
+    if option.dest in STAGE_KINDS:
+        return " | ".join(list_stages(option.dest))
+    shown = option.default not in (None, "", False) and "default" not in option.help
+    return f"{option.help} (default {option.default})" if shown else option.help
+
+
+def add_options(group: argparse._ActionsContainer, options: list[Option], *, unset_defaults: bool = False) -> None:
+    """Add ``options`` to a parser or group; with ``unset_defaults`` every default is ``None`` (or False), so that
+    a value given on the command line can be told from one left out."""
+    for option in options:
+        if option.is_switch:
+            group.add_argument(*option.flags, dest=option.dest, action="store_true", help=_help(option))
+        else:
+            default = None if unset_defaults else option.default
+            group.add_argument(*option.flags, dest=option.dest, type=option.kind, default=default, help=_help(option))
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add DTRB's model flags. Unset flags stay ``None`` so callers can tell them from defaults."""
+    """Add DTRB's model flags (derived from ``ModelConfig``). Unset flags stay ``None`` so callers can tell them
+    from defaults."""
     group = parser.add_argument_group("model (DTRB's flags; needed for a DTRB .pth, whose file does not record them)")
-    choices = list_stages()
-    for flags, dest, kind, help_text in _MODEL_FLAGS:
-        if dest in STAGE_FIELDS:
-            help_text = " | ".join(choices[dest])
-        group.add_argument(*flags, dest=dest, type=kind, default=None, help=help_text)
-    for flags, dest, help_text in _MODEL_SWITCHES:
-        group.add_argument(*flags, dest=dest, action="store_true", help=help_text)
+    add_options(group, MODEL_OPTIONS, unset_defaults=True)
+    group.add_argument("--rgb", action="store_true", help="RGB input (sets --input_channel 3)")
     return parser
+
+
+def _model_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The model flags given on the command line, as ``ModelConfig`` keyword arguments."""
+    given = {}
+    for option in MODEL_OPTIONS:
+        value = getattr(args, option.dest)
+        if (value is not None and not option.is_switch) or value is True:
+            given[option.dest] = value
+    return given
 
 
 def model_config_from_args(args: argparse.Namespace, require_stages: bool = True) -> ModelConfig | None:
@@ -53,10 +99,10 @@ def model_config_from_args(args: argparse.Namespace, require_stages: bool = True
     Raises:
         ValueError: when stages are missing or a value is invalid (the message names the flag).
     """
-    given = {dest: getattr(args, dest) for _, dest, _, _ in _MODEL_FLAGS if getattr(args, dest) is not None}
-    missing = [name for name in STAGE_FIELDS if name not in given]
+    given = _model_values(args)
+    missing = [name for name in STAGE_KINDS if name not in given]
     if missing:
-        if not require_stages and len(missing) == len(STAGE_FIELDS):
+        if not require_stages and len(missing) == len(STAGE_KINDS):
             return None
         names = ", ".join("--" + "".join(part.capitalize() for part in m.split("_")) for m in missing)
         raise ValueError(
@@ -67,13 +113,13 @@ def model_config_from_args(args: argparse.Namespace, require_stages: bool = True
         if given.get("input_channel", 3) != 3:
             raise ValueError(f"--rgb means 3 input channels, but --input_channel {given['input_channel']} was given.")
         given["input_channel"] = 3
-    return ModelConfig(**given, pad=args.pad, sensitive=args.sensitive)
+    return ModelConfig(**given)
 
 
 def model_flags_given(args: argparse.Namespace) -> list[str]:
     """The model flags set on the command line (to warn that a model folder ignores them)."""
-    flags = [flags[0] for flags, dest, _, _ in _MODEL_FLAGS if getattr(args, dest) is not None]
-    return flags + [flags[0] for flags, dest, _ in _MODEL_SWITCHES if getattr(args, dest)]
+    flags = [option.flags[0] for option in MODEL_OPTIONS if option.dest in _model_values(args)]
+    return flags + (["--rgb"] if args.rgb else [])
 
 
 def str2bool(value: str | bool) -> bool:
@@ -100,65 +146,21 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
         return 130
 
 
-# Training flags: (DTRB name first, then aliases), dest, type, default, help.
-_TRAIN_FLAGS: list[tuple[tuple[str, ...], str, Any, Any, str]] = [
-    (("--train_data",), "train_data", str, None, "training data: LMDB tree, datasets folders or Hub dataset id"),
-    (("--valid_data",), "valid_data", str, None, "validation data (every source under it is used)"),
-    (("--select_data",), "select_data", str, "MJ-ST", "training sources, '-'-separated prefixes (default MJ-ST)"),
-    (("--batch_ratio",), "batch_ratio", str, "0.5-0.5", "share of each source in every batch (default 0.5-0.5)"),
-    (("--total_data_usage_ratio",), "total_data_usage_ratio", float, 1.0, "fraction of each source used"),
-    (("--workers",), "workers", int, 4, "data loading workers per process (default 4)"),
-    (("--batch_size",), "batch_size", int, 192, "batch size per process (default 192)"),
-    (("--exp_name",), "exp_name", str, None, "run name (default {stages}-Seed{seed})"),
-    (("--output_dir",), "output_dir", str, "saved_models", "runs go to output_dir/exp_name (default saved_models)"),
-    (("--manualSeed", "--manual_seed", "--seed"), "seed", int, 1111, "random seed (default 1111)"),
-    (("--num_iter",), "num_iter", int, 300_000, "optimizer steps (default 300000)"),
-    (("--valInterval", "--val_interval"), "val_interval", int, 2000, "validate every N steps (default 2000)"),
-    (("--saved_model",), "saved_model", str, "", "start from a model folder, Hub id or DTRB .pth"),
-    (("--lr",), "lr", float, 1.0, "learning rate (default 1.0 for Adadelta; ~1e-3 with --adam)"),
-    (("--beta1",), "beta1", float, 0.9, "Adam beta1 (default 0.9)"),
-    (("--rho",), "rho", float, 0.95, "Adadelta rho (default 0.95)"),
-    (("--eps",), "eps", float, 1e-8, "Adadelta eps (default 1e-8)"),
-    (("--grad_clip",), "grad_clip", float, 5.0, "gradient norm clipping (default 5)"),
-    (("--gradient_accumulation_steps",), "gradient_accumulation_steps", int, 1, "batches per optimizer step"),
-    (("--checkpointing_steps",), "checkpointing_steps", int, None, "save a resumable checkpoint every N steps"),
-    (("--checkpoints_total_limit",), "checkpoints_total_limit", int, None, "keep at most N checkpoints"),
-    (("--resume_from_checkpoint",), "resume_from_checkpoint", str, None, "a checkpoint folder or 'latest'"),
-    (("--log_interval",), "log_interval", int, 100, "log the training loss every N steps (default 100)"),
-    (("--report_to",), "report_to", str, None, "tensorboard | none (default: tensorboard when installed)"),
-    (("--hub_model_id",), "hub_model_id", str, None, "Hub repo for --push_to_hub, e.g. user/my-model"),
-]
-_TRAIN_SWITCHES: list[tuple[tuple[str, ...], str, str]] = [
-    (("--FT", "--ft"), "ft", "fine-tune: load what fits from --saved_model and re-initialise the rest"),
-    (("--adam",), "adam", "Adam instead of Adadelta"),
-    (("--baiduCTC", "--baidu_ctc"), "baidu_ctc", "Baidu warp-ctc's loss (summed, divided by batch size)"),
-    (("--data_filtering_off",), "data_filtering_off", "keep every sample (no length/charset filtering)"),
-    (("--push_to_hub",), "push_to_hub", "push each new best-accuracy model to --hub_model_id"),
-    (("--hub_private_repo",), "hub_private_repo", "create the Hub repo as private"),
-]
-
-
 def build_train_parser() -> argparse.ArgumentParser:
+    """train.py's parser: every field of ``DataConfig`` and ``TrainConfig``, plus the model flags."""
     parser = argparse.ArgumentParser(
         description="Train a DTRB four-stage model with Accelerate: accelerate launch scripts/train.py ...",
         allow_abbrev=False,
     )
     parser.add_argument("--config", help="YAML or JSON file of flag values (the command line wins)")
-    group = parser.add_argument_group("training (DTRB's train.py flags)")
-    for flags, dest, kind, default, help_text in _TRAIN_FLAGS:
-        group.add_argument(*flags, dest=dest, type=kind, default=default, help=help_text)
-    for flags, dest, help_text in _TRAIN_SWITCHES:
-        group.add_argument(*flags, dest=dest, action="store_true", help=help_text)
+    add_options(parser.add_argument_group("data (DTRB's train.py flags)"), DATA_OPTIONS)
+    add_options(parser.add_argument_group("training (DTRB's train.py flags)"), TRAIN_OPTIONS)
     add_model_arguments(parser)
     return parser
 
 
 def _config_file_defaults(parser: argparse.ArgumentParser, path: str) -> dict[str, Any]:
     """Read ``--config FILE``: keys are flag names (DTRB or snake_case, without dashes)."""
-    import json
-    from pathlib import Path
-
-    import yaml
 
     file = Path(path)
     if not file.is_file():
@@ -193,36 +195,23 @@ def parse_train_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def train_configs_from_args(args: argparse.Namespace):
+def train_configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, DataConfig, TrainConfig]:
     """``(ModelConfig, DataConfig, TrainConfig)`` from train.py's arguments.
 
     Without stage flags, a ``--saved_model`` folder or Hub id supplies the architecture, and the model flags given
     (e.g. a new ``--character`` with ``--FT``) override it.
     """
-    from dataclasses import asdict
-
-    from .config import DataConfig, TrainConfig
-
     model_config = model_config_from_args(args, require_stages=not args.saved_model)
     if model_config is None:
-        from pathlib import Path
-
-        from .model import load_model
-
         if Path(args.saved_model).is_file():
             model_config_from_args(args)  # raises: a DTRB .pth needs its stages
         base = asdict(load_model(args.saved_model).config)
-        overrides = {dest: getattr(args, dest) for _, dest, _, _ in _MODEL_FLAGS if getattr(args, dest) is not None}
+        overrides = _model_values(args)
         if args.rgb:
             overrides["input_channel"] = 3
         if args.sensitive and "character" not in overrides:
             overrides["character"] = None  # --sensitive alone selects the 94-symbol set
-        overrides.update({name: True for name in ("pad", "sensitive") if getattr(args, name)})
         model_config = ModelConfig(**{**base, **overrides})
-    data_config = DataConfig(
-        train_data=args.train_data or "", valid_data=args.valid_data or "", select_data=args.select_data,
-        batch_ratio=args.batch_ratio, total_data_usage_ratio=args.total_data_usage_ratio,
-        data_filtering_off=args.data_filtering_off, workers=args.workers,
-    )  # fmt: skip
-    train_fields = {f: getattr(args, f) for f in TrainConfig.__dataclass_fields__ if hasattr(args, f)}
-    return model_config, data_config, TrainConfig(**train_fields)
+    data_config = DataConfig(**{option.dest: getattr(args, option.dest) for option in DATA_OPTIONS})
+    train_config = TrainConfig(**{option.dest: getattr(args, option.dest) for option in TRAIN_OPTIONS})
+    return model_config, data_config, train_config

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import string
 from collections import Counter
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from collections.abc import Sequence
 from typing import Any
 
+from . import stages  # noqa: F401  (registers every stage choice before a config names one)
 from .registry import canonical_stage_name
 
 #: DTRB's default charset: case-insensitive alphanumerics (36 symbols).
@@ -19,6 +21,21 @@ CHARSET_36 = "0123456789abcdefghijklmnopqrstuvwxyz"
 CHARSET_94 = string.printable[:-6]
 #: Named presets accepted for ``character`` (neither name is itself a valid charset: both repeat a symbol).
 CHARSET_PRESETS = {"36_lowercase": CHARSET_36, "94_full": CHARSET_94}
+
+
+
+def option(default: Any = MISSING, *flags: str, help: str, cli: bool = True) -> Any:
+    """A dataclass field that is also a command-line option: the one place its name, default and help are written.
+
+    Args:
+        default: the field's default (also the flag's, except model flags, which stay unset so that a saved model's
+            own values can be told from flags given on purpose).
+        flags: the spellings, DTRB's first (``"--imgH", "--img_h"``); default ``--<field name>``.
+        help: the ``--help`` text; the default is appended to it.
+        cli: False for fields that are no flag (``config_version``).
+    """
+    return field(default=default, metadata={"flags": flags, "help": help, "cli": cli})
+
 
 # Stage name -> the divisor ``output_channel`` must be a multiple of (inner widths are fractions of it).
 _CHANNEL_DIVISORS = {"VGG": 8, "RCNN": 8, "ResNet": 16}
@@ -53,21 +70,25 @@ class ModelConfig:
             ``input_channel`` other than 1 or 3, or an ``output_channel`` the feature extractor cannot divide.
     """
 
-    transformation: str = "TPS"
-    feature_extraction: str = "ResNet"
-    sequence_modeling: str = "BiLSTM"
-    prediction: str = "Attn"
-    num_fiducial: int = 20
-    input_channel: int = 1
-    output_channel: int = 512
-    hidden_size: int = 256
-    img_h: int = 32
-    img_w: int = 100
-    pad: bool = False
-    character: str | None = None
-    sensitive: bool = False
-    batch_max_length: int = 25
-    config_version: int = 1
+    transformation: str = option("TPS", "--Transformation", "--transformation", help="Transformation stage")
+    feature_extraction: str = option("ResNet", "--FeatureExtraction", "--feature_extraction",
+                                     help="FeatureExtraction stage")
+    sequence_modeling: str = option("BiLSTM", "--SequenceModeling", "--sequence_modeling",
+                                    help="SequenceModeling stage")
+    prediction: str = option("Attn", "--Prediction", "--prediction", help="Prediction stage")
+    num_fiducial: int = option(20, help="number of TPS fiducial points")
+    input_channel: int = option(1, help="input channels (--rgb sets 3)")
+    output_channel: int = option(512, help="CNN output channels")
+    hidden_size: int = option(256, help="LSTM hidden size")
+    img_h: int = option(32, "--imgH", "--img_h", help="input height")
+    img_w: int = option(100, "--imgW", "--img_w", help="input width")
+    pad: bool = option(False, "--PAD", "--pad", help="keep the aspect ratio and right-pad instead of stretching")
+    character: str | None = option(
+        None, help="charset (default 0-9a-z; '94_full' or --sensitive alone for DTRB's 94 symbols)"
+    )
+    sensitive: bool = option(False, help="case-sensitive; alone it selects DTRB's 94-symbol charset")
+    batch_max_length: int = option(25, help="maximum label length")
+    config_version: int = option(1, help="format version of config.json", cli=False)
 
     def __post_init__(self) -> None:
         self.transformation = canonical_stage_name("transformation", self.transformation)
@@ -160,6 +181,39 @@ class ModelConfig:
         return cls(*parts, **kwargs)
 
 
+def parse_select_data(select_data: str | Sequence[str]) -> list[str]:
+    """``"MJ-ST"`` (DTRB's spelling) or ``["MJ", "ST"]`` -> ``["MJ", "ST"]``."""
+    tokens = select_data.split("-") if isinstance(select_data, str) else list(select_data)
+    tokens = [token.strip() for token in tokens]
+    if not tokens or any(not token for token in tokens):
+        raise ValueError(
+            f"select_data must name at least one source, e.g. 'MJ-ST' or ['MJ', 'ST']; got {select_data!r}."
+        )
+    return tokens
+
+
+def parse_batch_ratio(batch_ratio: str | float | Sequence[float | str], num_sources: int) -> list[float]:
+    """``"0.5-0.5"`` or ``[0.5, 0.5]`` -> ``[0.5, 0.5]``, one positive ratio per selected source."""
+    if isinstance(batch_ratio, str):
+        parts: Sequence[Any] = batch_ratio.split("-")
+    elif isinstance(batch_ratio, (int, float)):
+        parts = [batch_ratio]
+    else:
+        parts = list(batch_ratio)
+    try:
+        ratios = [float(part) for part in parts]
+    except ValueError:
+        raise ValueError(f"batch_ratio must be numbers such as '0.5-0.5', got {batch_ratio!r}.") from None
+    if len(ratios) != num_sources:
+        raise ValueError(
+            f"batch_ratio has {len(ratios)} value(s) ({batch_ratio!r}) but select_data names {num_sources} source(s): "
+            f"give one ratio per source, e.g. --select_data MJ-ST --batch_ratio 0.5-0.5."
+        )
+    if any(ratio <= 0 for ratio in ratios):
+        raise ValueError(f"batch_ratio values must be positive, got {batch_ratio!r}.")
+    return ratios
+
+
 @dataclass
 class DataConfig:
     """Where the training and validation data come from and how sources are mixed (DTRB's data flags).
@@ -167,17 +221,15 @@ class DataConfig:
     ``select_data``/``batch_ratio`` take DTRB's ``"MJ-ST"``/``"0.5-0.5"`` spellings or lists.
     """
 
-    train_data: str = ""
-    valid_data: str = ""
-    select_data: str | list[str] = "MJ-ST"
-    batch_ratio: str | list[float] = "0.5-0.5"
-    total_data_usage_ratio: float = 1.0
-    data_filtering_off: bool = False
-    workers: int = 4
+    train_data: str = option("", help="training data: LMDB tree, datasets folders or Hub dataset id")
+    valid_data: str = option("", help="validation data (every source under it is used)")
+    select_data: str | list[str] = option("MJ-ST", help="training sources, '-'-separated path prefixes")
+    batch_ratio: str | list[float] = option("0.5-0.5", help="share of each source in every batch")
+    total_data_usage_ratio: float = option(1.0, help="fraction of each source used")
+    data_filtering_off: bool = option(False, help="keep every sample (no length/charset filtering)")
+    workers: int = option(4, help="data loading workers per process")
 
     def __post_init__(self) -> None:
-        from .data.mixing import parse_batch_ratio, parse_select_data
-
         if not self.train_data:
             raise ValueError("--train_data is required: a folder of LMDBs or datasets folders, or a Hub dataset id.")
         if not self.valid_data:
@@ -198,30 +250,30 @@ class TrainConfig:
     ``num_iter``, ``val_interval`` and ``checkpointing_steps`` count optimizer steps.
     """
 
-    output_dir: str = "saved_models"
-    exp_name: str | None = None
-    seed: int = 1111
-    batch_size: int = 192
-    num_iter: int = 300_000
-    val_interval: int = 2000
-    saved_model: str = ""
-    ft: bool = False
-    adam: bool = False
-    lr: float = 1.0
-    beta1: float = 0.9
-    rho: float = 0.95
-    eps: float = 1e-8
-    grad_clip: float = 5.0
-    baidu_ctc: bool = False
-    gradient_accumulation_steps: int = 1
-    checkpointing_steps: int | None = None
-    checkpoints_total_limit: int | None = None
-    resume_from_checkpoint: str | None = None
-    log_interval: int = 100
-    report_to: str | None = None
-    push_to_hub: bool = False
-    hub_model_id: str | None = None
-    hub_private_repo: bool = False
+    output_dir: str = option("saved_models", help="runs go to output_dir/exp_name")
+    exp_name: str | None = option(None, help="run name (default {stages}-Seed{seed})")
+    seed: int = option(1111, "--manualSeed", "--manual_seed", "--seed", help="random seed")
+    batch_size: int = option(192, help="batch size per process")
+    num_iter: int = option(300_000, help="optimizer steps")
+    val_interval: int = option(2000, "--valInterval", "--val_interval", help="validate every N steps")
+    saved_model: str = option("", help="start from a model folder, Hub id or DTRB .pth")
+    ft: bool = option(False, "--FT", "--ft", help="fine-tune: load what fits from --saved_model, re-initialise the rest")
+    adam: bool = option(False, help="Adam instead of Adadelta")
+    lr: float = option(1.0, help="learning rate (1.0 for Adadelta; ~1e-3 with --adam)")
+    beta1: float = option(0.9, help="Adam beta1")
+    rho: float = option(0.95, help="Adadelta rho")
+    eps: float = option(1e-8, help="Adadelta eps")
+    grad_clip: float = option(5.0, help="gradient norm clipping")
+    baidu_ctc: bool = option(False, "--baiduCTC", "--baidu_ctc", help="Baidu warp-ctc's loss (summed, / batch size)")
+    gradient_accumulation_steps: int = option(1, help="batches per optimizer step")
+    checkpointing_steps: int | None = option(None, help="save a resumable checkpoint every N steps")
+    checkpoints_total_limit: int | None = option(None, help="keep at most N checkpoints")
+    resume_from_checkpoint: str | None = option(None, help="a checkpoint folder or 'latest'")
+    log_interval: int = option(100, help="log the training loss (and a progress line off a terminal) every N steps")
+    report_to: str | None = option(None, help="tensorboard | none (default: tensorboard when installed)")
+    push_to_hub: bool = option(False, help="push each new best-accuracy model to --hub_model_id")
+    hub_model_id: str | None = option(None, help="Hub repo for --push_to_hub, e.g. user/my-model")
+    hub_private_repo: bool = option(False, help="create the Hub repo as private")
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "num_iter", "val_interval", "gradient_accumulation_steps", "log_interval"):

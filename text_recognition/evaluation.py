@@ -4,23 +4,103 @@ failure cases, JSON results and model-card results."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from .data.collate import TextCollator
+import torch
+from torch.utils.data import DataLoader
+
+from .data.collate import SkipTracker, TextCollator
 from .data.loaders import TextData, filtered_sources
 from .data.mixing import MixedSources
+from .metrics import score
 from .model import TextRecognitionModel
-from .training import Record, predict_records, score_records
 
 #: DTRB's ``--benchmark_all_eval`` folders, in its Table 1 order.
 BENCHMARK_DATASETS = ("IIIT5k_3000", "SVT", "IC03_860", "IC03_867", "IC13_857", "IC13_1015", "IC15_1811",
                       "IC15_2077", "SVTP", "CUTE80")  # fmt: skip
 #: The 7 sets of the paper's "Total" (DTRB's code averages all 10, counting IC03/IC13/IC15 twice).
 PAPER_DATASETS = ("IIIT5k_3000", "SVT", "IC03_867", "IC13_1015", "IC15_2077", "SVTP", "CUTE80")
+
+
+# ---- prediction over a dataset (used by evaluation and by training's validation) ---------------------------------
+
+
+class Record(NamedTuple):
+    ground_truth: str
+    prediction: str
+    confidence: float
+    source: str
+    index: int  # row of the sample in its stored source
+
+
+def score_records(records: list[Record], *, sensitive: bool = False, data_filtering_off: bool = False):
+    """``metrics.score`` of prediction records."""
+    return score([r.prediction for r in records], [r.ground_truth for r in records], [r.confidence for r in records],
+                 sensitive=sensitive, data_filtering_off=data_filtering_off)  # fmt: skip
+
+
+@torch.no_grad()
+def predict_records(
+    model: TextRecognitionModel,
+    data: TextData,
+    indices: list[int],
+    batch_size: int,
+    *,
+    device: torch.device,
+    num_workers: int = 0,
+    autocast: Callable[[], Any] | None = None,
+    skips: SkipTracker | None = None,
+    loss_kwargs: dict[str, Any] | None = None,
+    warmup: bool = False,
+) -> tuple[list[Record], list[float], float]:
+    """Greedy predictions for ``indices`` of ``data``: one ``Record`` per decodable sample, the per-batch losses, and
+    the seconds spent in the model (device synchronised; with ``warmup``, the first batch runs once untimed)."""
+    tokenizer, config = model.tokenizer, model.config
+    batches = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
+    loader = DataLoader(data.dataset, batch_sampler=batches, collate_fn=data.collator, num_workers=num_workers)
+    was_training = model.training
+    model.eval()
+    records: list[Record] = []
+    losses: list[float] = []
+    seconds = 0.0
+    for batch in loader:
+        if skips is not None:
+            skips.update(batch["skipped"])
+        if not batch["labels"]:
+            continue
+        images = batch["pixel_values"].to(device)
+        targets, lengths = tokenizer.encode(batch["labels"], config.batch_max_length)
+        if warmup:
+            with autocast() if autocast is not None else contextlib.nullcontext():
+                model(images)
+            warmup = False
+        _synchronize(device)
+        start = time.perf_counter()
+        with autocast() if autocast is not None else contextlib.nullcontext():
+            logits = model(images)  # greedy for attention: what is evaluated is what inference gives
+        _synchronize(device)
+        seconds += time.perf_counter() - start
+        losses.append(float(model.loss(logits, targets.to(device), lengths, **(loss_kwargs or {}))))
+        decoded = tokenizer.decode_with_confidence(logits)
+        for label, (text, confidence), (source, index) in zip(batch["labels"], decoded, batch["ids"]):
+            records.append(Record(label, text, confidence, source, index))
+    model.train(was_training)
+    return records, losses, seconds
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ---- benchmark evaluation ------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -54,6 +134,12 @@ class EvaluationReport:
         if not all(name in by_name for name in PAPER_DATASETS):
             return None
         return weighted_accuracy([by_name[name] for name in PAPER_DATASETS])
+
+    @property
+    def averaged_infer_time(self) -> float:
+        """DTRB's ``averaged_infer_time``: the forward time over every evaluated image, in ms per image."""
+        samples = sum(r.num_samples for r in self.results)
+        return sum(r.ms_per_image * r.num_samples for r in self.results) / samples if samples else 0.0
 
     def table(self) -> str:
         timing = f"ms/image (batch {self.batch_size})"
@@ -188,8 +274,7 @@ def write_outputs(report: EvaluationReport, result_dir: str | os.PathLike, bench
     summary = f"accuracy: {accuracies}\ttotal_accuracy: {report.total_accuracy:0.3f}"
     if report.total_accuracy_paper is not None:
         summary += f"\ttotal_accuracy_paper: {report.total_accuracy_paper:0.3f}"
-    timing = report.results[0].ms_per_image if report.results else 0.0
-    summary += f"\taveraged_infer_time: {timing:0.3f}\t# parameters: {report.num_params / 1e6:0.3f}"
+    summary += f"\taveraged_infer_time: {report.averaged_infer_time:0.3f}\t# parameters: {report.num_params / 1e6:0.3f}"
     name = "log_all_evaluation.txt" if benchmark_all_eval else "log_evaluation.txt"
     with open(result_dir / name, "a", encoding="utf-8") as log:
         for result in report.results:

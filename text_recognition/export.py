@@ -45,7 +45,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .model import TextRecognitionModel, expected_sequence_length
-from .stages.prediction import BLANK_ID, EOS_ID, GO_ID
+from .tokenizer import BLANK_ID, EOS_ID, GO_ID
 
 INPUT_NAME = "pixel_values"
 OUTPUT_NAME = "logits"

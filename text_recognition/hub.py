@@ -1,27 +1,20 @@
-"""Model cards, checkpoint checks and DTRB ``.pth`` conversion.
-
-DTRB checkpoints are bare state dicts (keys prefixed ``module.`` by ``DataParallel``) with no record of the options
-they were trained with, so the options come from the user and every key and shape is checked. When they do not fit,
-the error lists what is missing, unexpected or mis-shaped, and says which flags the checkpoint itself points to.
-"""
+"""The Hub side of a model: its model card (rendered from ``model_card_template.md``, results as ``model-index``)
+and pushing model folders and cards. DTRB ``.pth`` reading and checks live in ``checkpoints.py``."""
 
 from __future__ import annotations
 
 import copy
 import json
 import os
-import re
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 
 from .config import CHARSET_36, CHARSET_94, ModelConfig
-
-if TYPE_CHECKING:
-    from torch import nn
 
 TEMPLATE_NAME = "model_card_template.md"
 CITATION = """@inproceedings{baek2019STRcomparisons,
@@ -33,16 +26,23 @@ CITATION = """@inproceedings{baek2019STRcomparisons,
 }"""
 
 
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+#: Markers around the card's evaluation section, so results can replace it without touching the rest of the card.
+EVALUATION_START = "<!-- text_recognition:evaluation -->"
+EVALUATION_END = "<!-- /text_recognition:evaluation -->"
+NO_RESULTS = "No evaluation results yet. `scripts/test.py --push_results_to_hub` adds them to this card."
 
 
-def looks_like_repo_id(name: str) -> bool:
-    """``"user/repo"`` or ``"repo"``, as opposed to a local path (``/data/x``, ``./x``, ``a/b/c``, ``x.pth``)."""
-    return bool(_REPO_ID.match(name)) and not name.endswith((".pth", ".pt")) and ".." not in name
-
-
-class CheckpointMismatchError(ValueError):
-    """A state dict that does not fit the model: lists missing/unexpected keys, shape mismatches and a hint."""
+def is_repo_id(name: str) -> bool:
+    """A valid Hub repo id (``"user/repo"`` or ``"repo"``, checked by ``huggingface_hub.utils.validate_repo_id``)
+    that is not a checkpoint file name (``x.pth``): what a ``--saved_model`` or ``--train_data`` that is no local
+    path is taken for."""
+    if name.endswith((".pth", ".pt")):
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
 
 
 def load_model_card_template() -> str:
@@ -98,21 +98,8 @@ def build_card(
     if eval_results:
         card_data.model_name = model_name
         card_data.metrics = ["accuracy"]
-        card_data.eval_results = [
-            EvalResult(
-                task_type="image-to-text",
-                task_name="Scene Text Recognition",
-                dataset_type=result["dataset"],
-                dataset_name=result["dataset"],
-                dataset_split="test",
-                metric_type="accuracy",
-                metric_name="Word accuracy",
-                metric_value=round(float(result["accuracy"]), 3),
-            )
-            for result in eval_results
-        ]
-    if training and training.get("select_data"):
-        card_data.datasets = None  # source names are local folders, not Hub dataset ids
+        card_data.eval_results = eval_results_for_card(eval_results)
+    card_data.datasets = hub_dataset_ids(training) or None
     return ModelCard.from_template(
         card_data,
         template_str=template,
@@ -123,7 +110,9 @@ def build_card(
         charset=config.character,
         charset_description=charset_description(config.character),
         repo_id=kwargs.pop("repo_id", None) or "<user>/<repo>",
-        eval_results=eval_results,
+        evaluation_section=evaluation_section(eval_results),
+        evaluation_start=EVALUATION_START,
+        evaluation_end=EVALUATION_END,
         training=training,
         run_config_json=json.dumps(run_config, indent=2, sort_keys=True, default=str) if run_config else None,
         citation=CITATION,
@@ -131,165 +120,54 @@ def build_card(
     )
 
 
-def read_dtrb_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a DTRB ``.pth`` (a pickled state dict) safely with ``weights_only=True`` and strip ``module.``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"DTRB checkpoint not found: {str(path)!r}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # pickle, zip and weights-only errors all mean "not a DTRB state dict"
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
-        # torch's weights-only message starts with advice to disable the check; show the actual reason instead.
-        marker = [i for i, line in enumerate(lines) if "WeightsUnpickler error:" in line]
-        if marker:
-            after = lines[marker[0]].split("WeightsUnpickler error:", 1)[1].strip()
-            reason = after or (lines[marker[0] + 1] if marker[0] + 1 < len(lines) else lines[0])
-        else:
-            reason = lines[0]
-        reason = reason.split(". ")[0].rstrip(".")
-        raise ValueError(
-            f"Cannot read {str(path)!r} as a DTRB checkpoint: torch.load(weights_only=True) refused it ({reason}). "
-            f"A DTRB .pth is a plain state dict of tensors saved with torch.save(model.state_dict())."
-        ) from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{str(path)!r} does not hold a state dict of tensors (DTRB saves model.state_dict()).")
-    return {key.removeprefix("module."): value for key, value in state.items()}
-
-
-def infer_dtrb_flags(state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """Read what a state dict itself says about its architecture (stages, sizes, class count)."""
-    flags: dict[str, Any] = {}
-    keys = set(state_dict)
-    flags["Transformation"] = "TPS" if any(k.startswith("Transformation.") for k in keys) else "None"
-    if "FeatureExtraction.ConvNet.conv0_1.weight" in keys:
-        flags["FeatureExtraction"] = "ResNet"
-        first_conv = state_dict["FeatureExtraction.ConvNet.conv0_1.weight"]
-        flags["output_channel"] = first_conv.shape[0] * 16
-    elif any(".wgf_u." in k for k in keys):
-        flags["FeatureExtraction"] = "RCNN"
-        first_conv = state_dict.get("FeatureExtraction.ConvNet.0.weight")
-        if first_conv is not None:
-            flags["output_channel"] = first_conv.shape[0] * 8
-    elif "FeatureExtraction.ConvNet.0.weight" in keys:
-        flags["FeatureExtraction"] = "VGG"
-        first_conv = state_dict["FeatureExtraction.ConvNet.0.weight"]
-        flags["output_channel"] = first_conv.shape[0] * 8
-    else:
-        first_conv = None
-    if first_conv is not None:
-        flags["input_channel"] = first_conv.shape[1]
-    flags["SequenceModeling"] = "BiLSTM" if any(k.startswith("SequenceModeling.") for k in keys) else "None"
-    if "SequenceModeling.0.linear.weight" in keys:
-        flags["hidden_size"] = state_dict["SequenceModeling.0.linear.weight"].shape[0]
-    if "Prediction.generator.weight" in keys:
-        flags["Prediction"] = "Attn"
-        flags["hidden_size"] = state_dict["Prediction.generator.weight"].shape[1]
-        flags["num_class"] = state_dict["Prediction.generator.weight"].shape[0]
-        flags["charset_size"] = flags["num_class"] - 2
-    elif "Prediction.weight" in keys:
-        flags["Prediction"] = "CTC"
-        flags["num_class"] = state_dict["Prediction.weight"].shape[0]
-        flags["charset_size"] = flags["num_class"] - 1
-    if "Transformation.LocalizationNetwork.localization_fc2.bias" in keys:
-        flags["num_fiducial"] = state_dict["Transformation.LocalizationNetwork.localization_fc2.bias"].shape[0] // 2
-    if "Transformation.GridGenerator.P_hat" in keys:
-        flags["imgH_x_imgW"] = state_dict["Transformation.GridGenerator.P_hat"].shape[0]
-    return flags
-
-
-def _flag_hints(config: ModelConfig, flags: dict[str, Any]) -> list[str]:
-    """Flags whose value in ``config`` differs from what the checkpoint shows."""
-    ours = {
-        "Transformation": config.transformation,
-        "FeatureExtraction": config.feature_extraction,
-        "SequenceModeling": config.sequence_modeling,
-        "Prediction": config.prediction,
-        "input_channel": config.input_channel,
-        "output_channel": config.output_channel,
-        "hidden_size": config.hidden_size,
-        "num_fiducial": config.num_fiducial,
-    }
-    hints = []
-    for flag, value in ours.items():
-        if flag in flags and flags[flag] != value:
-            extra = " (--rgb sets 3)" if flag == "input_channel" else ""
-            hints.append(f"--{flag} {flags[flag]} (you gave {value}){extra}")
-    if "charset_size" in flags and flags.get("Prediction", config.prediction) == config.prediction:
-        if flags["charset_size"] != len(config.character):
-            size = flags["charset_size"]
-            known = " (DTRB's --sensitive set)" if size == 94 else " (DTRB's default set)" if size == 36 else ""
-            hints.append(
-                f"a charset of {size} symbols{known}: the head has {flags['num_class']} classes, but --character "
-                f"has {len(config.character)} symbols; check --character / --sensitive"
-            )
-    if "imgH_x_imgW" in flags and flags["imgH_x_imgW"] != config.img_h * config.img_w:
-        hints.append(
-            f"an image size with imgH x imgW = {flags['imgH_x_imgW']} pixels (you gave --imgH {config.img_h} "
-            f"--imgW {config.img_w} = {config.img_h * config.img_w}); the TPS grid depends on it"
+def eval_results_for_card(eval_results: list[dict[str, Any]]) -> list[EvalResult]:
+    """``model-index`` entries of result dicts: one word-accuracy ``EvalResult`` per dataset, with its split
+    (``"test"`` unless the dict says otherwise; training's validation results say ``"validation"``)."""
+    return [
+        EvalResult(
+            task_type="image-to-text",
+            task_name="Scene Text Recognition",
+            dataset_type=result.get("dataset_type") or result["dataset"],
+            dataset_name=result["dataset"],
+            dataset_split=result.get("split", "test"),
+            metric_type="accuracy",
+            metric_name="Word accuracy",
+            metric_value=round(float(result["accuracy"]), 3),
         )
-    return hints
+        for result in eval_results
+    ]
 
 
-def check_state_dict(
-    model: nn.Module, state_dict: dict[str, torch.Tensor], config: ModelConfig, source: str
-) -> dict[str, torch.Tensor]:
-    """Check that ``state_dict`` fits ``model`` key for key and shape for shape.
-
-    A missing ``num_batches_tracked`` (older PyTorch) is filled in. Returns the state dict ready for a strict
-    ``load_state_dict``.
-
-    Raises:
-        CheckpointMismatchError: listing missing keys, unexpected keys and shape mismatches, with the flags the
-            checkpoint points to.
-    """
-    expected = model.state_dict()
-    state_dict = dict(state_dict)
-    for key, value in expected.items():
-        running_mean = key.removesuffix("num_batches_tracked") + "running_mean"
-        if key.endswith("num_batches_tracked") and key not in state_dict and running_mean in state_dict:
-            state_dict[key] = torch.zeros_like(value)  # checkpoints from PyTorch < 0.4.1 lack it
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    mismatched = sorted(
-        f"{key}: checkpoint {tuple(state_dict[key].shape)}, model {tuple(expected[key].shape)}"
-        for key in set(expected) & set(state_dict)
-        if state_dict[key].shape != expected[key].shape
-    )
-    if not (missing or unexpected or mismatched):
-        return state_dict
-
-    def listing(title: str, items: list[str]) -> str:
-        shown = "\n".join(f"    {item}" for item in items[:12])
-        more = f"\n    ... and {len(items) - 12} more" if len(items) > 12 else ""
-        return f"  {title} ({len(items)}):\n{shown}{more}\n"
-
-    message = f"The checkpoint {source} does not fit a {config.stage_string} model with this configuration.\n"
-    if missing:
-        message += listing("missing keys", missing)
-    if unexpected:
-        message += listing("unexpected keys", unexpected)
-    if mismatched:
-        message += listing("shape mismatches", mismatched)
-    hints = _flag_hints(config, infer_dtrb_flags(state_dict))
-    if hints:
-        message += "The checkpoint looks like it was trained with: " + "; ".join(hints) + "."
-    else:
-        message += "Check that the model flags are those the checkpoint was trained with."
-    raise CheckpointMismatchError(message)
+def hub_dataset_ids(training: dict[str, Any] | None) -> list[str]:
+    """The Hub dataset ids a model was trained on: ``train_data`` when it is no local path (the card's
+    ``datasets:`` field links only to Hub datasets)."""
+    train_data = (training or {}).get("train_data")
+    if not isinstance(train_data, str) or not train_data or os.path.exists(train_data) or not is_repo_id(train_data):
+        return []
+    return [train_data]
 
 
-def verify_tps_buffers(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    """DTRB stores the TPS constants in its checkpoints; they must equal the ones we compute for the config."""
-    expected = model.state_dict()
-    for key in ("Transformation.GridGenerator.inv_delta_C", "Transformation.GridGenerator.P_hat"):
-        if key in state_dict and not torch.allclose(state_dict[key].float(), expected[key], rtol=1e-4, atol=1e-4):
-            raise CheckpointMismatchError(
-                f"The TPS constant {key} stored in {source} differs from the one computed for num_fiducial / imgH / "
-                f"imgW of this configuration: the checkpoint was built for another TPS geometry."
-            )
+def results_markdown(eval_results: list[dict[str, Any]]) -> str:
+    """The card's evaluation table."""
+    def number(value: Any, spec: str) -> str:
+        return "" if value is None else format(value, spec)
+
+    lines = ["| dataset | samples | word accuracy (%) | 1 - NED | mean confidence |", "|---|---|---|---|---|"]
+    lines += [f"| {r['dataset']} | {'' if r.get('num_samples') is None else r['num_samples']} | "
+              f"{r['accuracy']:.3f} | {number(r.get('norm_ED'), '.4f')} | {number(r.get('mean_confidence'), '.4f')} |"
+              for r in eval_results]  # fmt: skip
+    return "\n".join(lines)
+
+
+def evaluation_section(eval_results: list[dict[str, Any]], extra_text: str = "") -> str:
+    """The body of the card's ``## Evaluation`` section (between its markers)."""
+    if not eval_results:
+        return NO_RESULTS
+    splits = sorted({r.get("split", "test") for r in eval_results})
+    text = (f"{results_markdown(eval_results)}\n\nWord accuracy and 1 - NED (ICDAR 2019 normalised edit distance) are "
+            f"computed as DTRB's `test.py` computes them, on the {' and '.join(splits)} split"
+            f"{'s' if len(splits) > 1 else ''}.")  # fmt: skip
+    return text + (f"\n{extra_text}" if extra_text else "")
 
 
 def push_model_folder(
@@ -330,45 +208,41 @@ def _refused(error: Exception, repo_id: str) -> PermissionError:
     return PermissionError(f"The Hub refused the push to {repo_id!r}: {str(error).splitlines()[0]}.{hint}")
 
 
-def push_model_card(repo_id: str, card: str, token: str | None = None) -> None:
-    """Replace the README.md (model card) of an existing Hub model repo."""
-    from huggingface_hub import HfApi
+def push_model_card(repo_id: str, card: ModelCard, token: str | None = None) -> None:
+    """Replace the README.md (model card) of an existing Hub model repo (``ModelCard.push_to_hub``)."""
     from huggingface_hub.errors import HfHubHTTPError
 
     try:
-        HfApi(token=token).upload_file(path_or_fileobj=card.encode("utf-8"), path_in_repo="README.md",
-                                       repo_id=repo_id, commit_message="Add evaluation results")  # fmt: skip
+        card.push_to_hub(repo_id, token=token, commit_message="Add evaluation results")
     except HfHubHTTPError as error:
         raise _refused(error, repo_id) from None
 
 
-def results_markdown(eval_results: list[dict[str, Any]]) -> str:
-    """The card's evaluation table (the same columns as ``model_card_template.md``)."""
-    lines = ["| dataset | samples | word accuracy (%) | 1 - NED | mean confidence |", "|---|---|---|---|---|"]
-    lines += [f"| {r['dataset']} | {r['num_samples']} | {r['accuracy']:.3f} | {r['norm_ED']:.4f} | "
-              f"{r['mean_confidence']:.4f} |" for r in eval_results]  # fmt: skip
-    return "\n".join(lines)
+def card_with_results(
+    card: ModelCard, eval_results: list[dict[str, Any]], model_name: str, extra_text: str = ""
+) -> ModelCard:
+    """``card`` (from ``ModelCard.load``) with ``eval_results`` in its ``model-index`` and its evaluation section.
 
+    Existing ``model-index`` results for other datasets, splits or metrics are kept; those of the same dataset,
+    split and metric are replaced. Only the text between the evaluation markers changes (a card written without
+    them, e.g. by hand, gets a new ``## Evaluation`` section at the end); every other section is kept.
+    """
+    card = ModelCard(str(card))
+    new = eval_results_for_card(eval_results)
 
-def card_with_results(readme: str, eval_results: list[dict[str, Any]], model_name: str, extra_text: str = "") -> str:
-    """An existing model card with its ``## Evaluation`` section replaced by ``eval_results`` (and ``extra_text``)
-    and its ``model-index`` set to them; every other section is kept."""
-    card = ModelCard(readme)
+    def key(result: EvalResult) -> tuple:
+        return result.dataset_name, result.dataset_split, result.metric_type, result.dataset_config
+
+    replaced = {key(result) for result in new}
+    kept = [result for result in card.data.eval_results or [] if key(result) not in replaced]
     card.data.model_name = card.data.model_name or model_name
-    card.data.metrics = ["accuracy"]
-    card.data.eval_results = [
-        EvalResult(task_type="image-to-text", task_name="Scene Text Recognition", dataset_type=r["dataset"],
-                   dataset_name=r["dataset"], dataset_split="test", metric_type="accuracy",
-                   metric_name="Word accuracy", metric_value=round(float(r["accuracy"]), 3))
-        for r in eval_results
-    ]  # fmt: skip
-    section = (f"## Evaluation\n\n{results_markdown(eval_results)}\n\nWord accuracy and 1 - NED (ICDAR 2019 "
-               f"normalised edit distance) as DTRB's `test.py` computes them.\n{extra_text}\n")  # fmt: skip
+    card.data.metrics = sorted(set(card.data.metrics or []) | {"accuracy"})
+    card.data.eval_results = kept + new
+    section = f"{EVALUATION_START}\n{evaluation_section(eval_results, extra_text)}\n{EVALUATION_END}"
     body = card.text
-    start = body.find("## Evaluation")
-    if start == -1:
-        body = body.rstrip() + "\n\n" + section
+    start, end = body.find(EVALUATION_START), body.find(EVALUATION_END)
+    if start != -1 and end > start:
+        body = body[:start] + section + body[end + len(EVALUATION_END) :]
     else:
-        end = body.find("\n## ", start + 1)
-        body = body[:start] + section + (body[end + 1 :] if end != -1 else "")
-    return f"---\n{card.data.to_yaml()}\n---\n{body}"
+        body = body.rstrip() + f"\n\n## Evaluation\n\n{section}\n"
+    return ModelCard(f"---\n{card.data.to_yaml()}\n---\n{body}")

@@ -14,14 +14,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from .config import ModelConfig
-from .hub import (
-    build_card,
-    check_state_dict,
-    load_model_card_template,
-    looks_like_repo_id,
-    read_dtrb_state_dict,
-    verify_tps_buffers,
-)
+from .checkpoints import check_state_dict, read_dtrb_state_dict, verify_tps_buffers
+from .hub import build_card, is_repo_id, load_model_card_template
 from .registry import build_stage
 from .tokenizer import build_tokenizer
 from .transforms import ImageInput, preprocess
@@ -119,10 +113,11 @@ class TextRecognitionModel(
         """The head's loss against the tokenizer's ``encode`` output (CTC: ``baidu=True`` for ``--baiduCTC``)."""
         return self.Prediction.loss(logits, targets, lengths, **kwargs)
 
-    def compile(self, **kwargs: Any) -> TextRecognitionModel:
+    def compile_encoder(self, **kwargs: Any) -> TextRecognitionModel:
         """``torch.compile`` the image encoder (the CNN and BiLSTM stages) for faster ``recognize`` on repeated
         batches; the attention decoder's step loop stays eager. Returns the model. ``kwargs`` go to
-        ``torch.compile``."""
+        ``torch.compile``. (``nn.Module.compile``, which compiles ``forward`` in place, is left as torch defines it.)
+        """
         self.encode = torch.compile(self.encode, **kwargs)  # type: ignore[method-assign]
         return self
 
@@ -134,7 +129,7 @@ class TextRecognitionModel(
             images: one image or a sequence of PIL images, file paths, uint8 arrays [H, W] / [H, W, C] or tensors,
                 of any sizes (each is resized as the model was trained: stretched, or kept-ratio and padded).
             batch_size: images per forward pass (all images of a batch share one resize, so any sizes batch
-                together; call ``model.compile()`` first to compile the encoder).
+                together; call ``model.compile_encoder()`` first to compile the encoder).
 
         Returns:
             One ``Recognition(text, confidence)`` per image, in order.
@@ -286,7 +281,7 @@ def load_model(
             raise FileNotFoundError(f"{str(path)!r} is not a model folder: it has no config.json.")
         return TextRecognitionModel.from_pretrained(path, map_location=map_location)
     name = os.fspath(saved_model)
-    if not looks_like_repo_id(name):
+    if not is_repo_id(name):
         raise FileNotFoundError(f"{name!r} does not exist (expected a model folder, a Hub id or a DTRB .pth).")
     try:
         return TextRecognitionModel.from_pretrained(name, map_location=map_location)

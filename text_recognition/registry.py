@@ -2,7 +2,8 @@
 
 Stage names are part of every saved ``config.json`` and of users' command lines (``--FeatureExtraction ResNet``),
 so they are short, stable strings rather than import paths. Lookup is case-insensitive; the canonical spelling is
-what gets stored.
+what gets stored. The stage modules register themselves when ``text_recognition.stages`` is imported, which
+``text_recognition.config`` (and so ``import text_recognition``) does.
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ def register_stage(kind: str, name: str) -> Callable[[type[nn.Module]], type[nn.
 
 def list_stages(kind: str | None = None) -> list[str] | dict[str, list[str]]:
     """The registered stage names: for one kind as a list, or for all kinds as ``{kind: [names]}``."""
-    _ensure_stages_imported()
     if kind is None:
         return {k: list(v) for k, v in _STAGES.items()}
     _check_kind(kind)
@@ -56,7 +56,6 @@ def canonical_stage_name(kind: str, name: str) -> str:
         ValueError: naming the available choices and the closest match, e.g.
             ``Unknown feature_extraction 'Resnet50'. Available: VGG, RCNN, ResNet. Did you mean 'ResNet'?``
     """
-    _ensure_stages_imported()
     _check_kind(kind)
     choices = list(_STAGES[kind])
     by_lower = {choice.lower(): choice for choice in choices}
@@ -78,7 +77,3 @@ def _check_kind(kind: str) -> None:
     if kind not in _STAGES:
         raise ValueError(f"Unknown stage kind {kind!r}. Available: {', '.join(STAGE_KINDS)}.")
 
-
-def _ensure_stages_imported() -> None:
-    # Registration happens when the stage modules are imported; importing here makes the registry usable on its own.
-    from . import stages  # noqa: F401

@@ -1,3 +1,4 @@
+# Follows clovaai/deep-text-recognition-benchmark (Copyright (c) 2019-present NAVER Corp., Apache-2.0); see NOTICE.
 """Charset <-> ids for the CTC and attention heads: DTRB's label converters, plus confidences as DTRB computes them.
 
 CTC ids: ``[CTCblank]`` = 0, symbol ``j`` of the charset = ``j + 1``.
@@ -16,10 +17,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .stages.prediction import BLANK_ID, EOS_ID, GO_ID
-
 if TYPE_CHECKING:
     from .config import ModelConfig
+
+BLANK_ID = 0  # CTC: the blank
+GO_ID = 0  # attention: [GO] starts decoding and pads targets
+EOS_ID = 1  # attention: [s] ends a sequence
 
 
 class _Tokenizer:

@@ -14,24 +14,23 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
-from .config import DataConfig, ModelConfig, TrainConfig
+from .checkpoints import check_state_dict, read_dtrb_state_dict
+from .config import DataConfig, ModelConfig, TrainConfig, parse_select_data
 from .data.collate import SkipTracker
 from .data.loaders import TextData, build_eval_data, build_train_data
-from .data.mixing import parse_select_data
-from .hub import check_state_dict, read_dtrb_state_dict
-from .metrics import score
+from .evaluation import predict_records, score_records
 from .model import TextRecognitionModel, load_model
+from .progress import progress
 
 logger = logging.getLogger(__name__)
 
@@ -143,74 +142,6 @@ class Validation:
     examples: list[tuple[str, str, float]]  # (ground truth, prediction, confidence) of the last batch, first 5
 
 
-class Record(NamedTuple):
-    ground_truth: str
-    prediction: str
-    confidence: float
-    source: str
-    index: int  # row of the sample in its stored source
-
-
-def score_records(records: list[Record], *, sensitive: bool = False, data_filtering_off: bool = False):
-    """``metrics.score`` of prediction records."""
-    return score([r.prediction for r in records], [r.ground_truth for r in records], [r.confidence for r in records],
-                 sensitive=sensitive, data_filtering_off=data_filtering_off)  # fmt: skip
-
-
-@torch.no_grad()
-def predict_records(
-    model: TextRecognitionModel,
-    data: TextData,
-    indices: list[int],
-    batch_size: int,
-    *,
-    device: torch.device,
-    num_workers: int = 0,
-    autocast: Callable[[], Any] | None = None,
-    skips: SkipTracker | None = None,
-    loss_kwargs: dict[str, Any] | None = None,
-    warmup: bool = False,
-) -> tuple[list[Record], list[float], float]:
-    """Greedy predictions for ``indices`` of ``data``: one ``Record`` per decodable sample, the per-batch losses, and
-    the seconds spent in the model (device synchronised; with ``warmup``, the first batch runs once untimed)."""
-    tokenizer, config = model.tokenizer, model.config
-    batches = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
-    loader = DataLoader(data.dataset, batch_sampler=batches, collate_fn=data.collator, num_workers=num_workers)
-    was_training = model.training
-    model.eval()
-    records: list[Record] = []
-    losses: list[float] = []
-    seconds = 0.0
-    for batch in loader:
-        if skips is not None:
-            skips.update(batch["skipped"])
-        if not batch["labels"]:
-            continue
-        images = batch["pixel_values"].to(device)
-        targets, lengths = tokenizer.encode(batch["labels"], config.batch_max_length)
-        if warmup:
-            with autocast() if autocast is not None else contextlib.nullcontext():
-                model(images)
-            warmup = False
-        _synchronize(device)
-        start = time.perf_counter()
-        with autocast() if autocast is not None else contextlib.nullcontext():
-            logits = model(images)  # greedy for attention: what is evaluated is what inference gives
-        _synchronize(device)
-        seconds += time.perf_counter() - start
-        losses.append(float(model.loss(logits, targets.to(device), lengths, **(loss_kwargs or {}))))
-        decoded = tokenizer.decode_with_confidence(logits)
-        for label, (text, confidence), (source, index) in zip(batch["labels"], decoded, batch["ids"]):
-            records.append(Record(label, text, confidence, source, index))
-    model.train(was_training)
-    return records, losses, seconds
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 @torch.no_grad()
 def evaluate_model(
     model: torch.nn.Module,
@@ -300,9 +231,12 @@ class _Pusher:
         self.api = HfApi()
         self.futures: list[Any] = []
         self.snapshots: list[Path] = []
+        self.errors: list[str] = []
         try:
             self.repo_id = self.api.create_repo(repo_id, private=private, exist_ok=True).repo_id
         except Exception as error:  # token, permission, network: training goes on without pushing
+            self.errors.append(f"cannot create or reach {repo_id!r}: " + (str(error).splitlines()[0] if str(error)
+                               else type(error).__name__))  # fmt: skip
             logger.error("Cannot create or reach the Hub repo %r (%s): training continues without --push_to_hub.",
                          repo_id, str(error).splitlines()[0] if str(error) else type(error).__name__)  # fmt: skip
             self.repo_id = None
@@ -320,7 +254,8 @@ class _Pusher:
         )
 
     def wait(self) -> list[str]:
-        errors = []
+        """Wait for every push; return the errors (creating the repo included), each also logged."""
+        errors = list(self.errors)
         for future in self.futures:
             try:
                 future.result()
@@ -328,9 +263,87 @@ class _Pusher:
                 errors.append(str(error).splitlines()[0] if str(error) else type(error).__name__)
         for snapshot in self.snapshots:
             shutil.rmtree(snapshot, ignore_errors=True)
-        for error in errors:
+        for error in errors[len(self.errors) :]:
             logger.error("A push to the Hub failed: %s", error)
         return errors
+
+
+@dataclass
+class Run:
+    """One training run: its configuration, where it writes, and what the loop's steps share."""
+
+    model_config: ModelConfig
+    data_config: DataConfig
+    train_config: TrainConfig
+    accelerator: Accelerator
+    exp_name: str
+    run_dir: Path
+    state: TrainState = field(default_factory=TrainState)
+    model: torch.nn.Module | None = None
+    optimizer: torch.optim.Optimizer | None = None
+    train_data: TextData | None = None
+    valid_data: TextData | None = None
+    batches: Iterator[dict[str, Any]] | None = None
+    skips: SkipTracker = field(default_factory=SkipTracker)
+    pusher: _Pusher | None = None
+    meter: Throughput = field(default_factory=lambda: Throughput())
+    last_valid: Validation | None = None
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def unwrapped(self) -> TextRecognitionModel:
+        return self.accelerator.unwrap_model(self.model)
+
+    @property
+    def total_batch_size(self) -> int:
+        per_process = sum(self.train_data.batch_sizes)
+        return per_process * self.accelerator.num_processes * self.train_config.gradient_accumulation_steps
+
+
+@dataclass
+class Throughput:
+    """The training loss since the last validation, and images per second of optimizer steps only."""
+
+    loss_sum: float = 0.0
+    loss_count: int = 0
+    images: int = 0  # since the start of this process's loop
+    excluded: float = 0.0  # seconds of validation and checkpointing, left out of the throughput
+    loop_start: float = field(default_factory=time.perf_counter)
+    window_start: float = field(default_factory=time.perf_counter)
+    window_images: int = 0
+
+    @property
+    def train_loss(self) -> float:
+        return self.loss_sum / max(self.loss_count, 1)
+
+    def add(self, loss: float, images: int) -> None:
+        self.loss_sum += loss
+        self.loss_count += 1
+        self.images += images
+        self.window_images += images
+
+    def window_rate(self, num_processes: int) -> float:
+        return self.window_images * num_processes / max(time.perf_counter() - self.window_start, 1e-9)
+
+    def rate(self, num_processes: int) -> float:
+        return self.images * num_processes / max(time.perf_counter() - self.loop_start - self.excluded, 1e-9)
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Time spent inside is not training time (validation, checkpoints)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.excluded += time.perf_counter() - start
+            self.window_start = time.perf_counter()
 
 
 def train(model_config: ModelConfig, data_config: DataConfig, train_config: TrainConfig) -> dict[str, Any]:
@@ -339,22 +352,54 @@ def train(model_config: ModelConfig, data_config: DataConfig, train_config: Trai
     Raises:
         FileNotFoundError / ValueError: bad data paths, empty data after filtering, a checkpoint that does not fit.
     """
+    run = start_run(model_config, data_config, train_config)
+    build_model_and_optimizer(run)
+    build_data(run)
+    write_run_files(run)
+    bar = progress(total=train_config.num_iter, initial=run.state.iteration, desc="training", unit="it",
+                   disable=not run.accelerator.is_local_main_process, every=train_config.log_interval)  # fmt: skip
+    run.meter = Throughput()
+    start_time = time.perf_counter() - run.state.elapsed
+    while run.state.iteration < train_config.num_iter:
+        optimizer_step(run)
+        run.state.iteration += 1
+        log_step(run, bar)
+        if is_validation_step(run.state.iteration, train_config):
+            with run.meter.paused():
+                validate_and_save_bests(run, bar, elapsed=time.perf_counter() - start_time)
+        if train_config.checkpointing_steps and run.state.iteration % train_config.checkpointing_steps == 0:
+            with run.meter.paused():
+                run.state.elapsed = time.perf_counter() - start_time
+                save_checkpoint(run)
+    bar.close()
+    return finish(run, runtime=time.perf_counter() - start_time)
+
+
+# ---- the steps of a run, in order ---------------------------------------------------------------------------------
+
+
+def start_run(model_config: ModelConfig, data_config: DataConfig, train_config: TrainConfig) -> Run:
+    """The accelerator (devices, precision, processes), the run folder and the seeds."""
     exp_name = train_config.exp_name or f"{model_config.stage_string}-Seed{train_config.seed}"
     run_dir = Path(train_config.output_dir) / exp_name
-    checkpoints_dir = run_dir / "checkpoints"
     accelerator = Accelerator(
         gradient_accumulation_steps=train_config.gradient_accumulation_steps,
         log_with=_report_to(train_config.report_to),
         project_dir=str(run_dir / "logs"),
     )
-    main = accelerator.is_main_process
-    if main:
-        checkpoints_dir.mkdir(parents=True, exist_ok=True)
+    run = Run(model_config, data_config, train_config, accelerator, exp_name, run_dir)
+    if run.main:
+        run.checkpoints_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
     set_seed(train_config.seed)
+    return run
 
-    # Model: DTRB's initialisation, then --saved_model (strict, or what fits with --FT).
-    model = TextRecognitionModel(model_config)
+
+def build_model_and_optimizer(run: Run) -> None:
+    """DTRB's initialisation, then ``--saved_model`` (strict, or what fits with ``--FT``), the optimizer, and the
+    state of the checkpoint to resume from, if any."""
+    config, train_config = run.model_config, run.train_config
+    model = TextRecognitionModel(config)
     model.init_weights()
     reinitialised: list[str] = []
     if train_config.saved_model:
@@ -362,210 +407,208 @@ def train(model_config: ModelConfig, data_config: DataConfig, train_config: Trai
         if train_config.ft:
             reinitialised = load_fitting_weights(model, state_dict)
         else:
-            model.load_state_dict(check_state_dict(model, state_dict, model_config, repr(train_config.saved_model)))
+            model.load_state_dict(check_state_dict(model, state_dict, config, repr(train_config.saved_model)))
     model.train()
-
-    # Resume point (decided before the data so the sampler starts at the right batch).
-    state = TrainState()
-    resume_dir = None
-    if train_config.resume_from_checkpoint:
-        if train_config.resume_from_checkpoint == "latest":
-            resume_dir = latest_checkpoint(checkpoints_dir)
-            if resume_dir is None and main:
-                logger.warning("--resume_from_checkpoint latest: no checkpoint in %s yet, starting fresh.",
-                               checkpoints_dir)  # fmt: skip
-        else:
-            resume_dir = Path(train_config.resume_from_checkpoint)
-            if not (resume_dir / "train_state.json").is_file():
-                raise FileNotFoundError(f"{str(resume_dir)!r} is not a complete checkpoint (no train_state.json).")
-
-    optimizer = build_optimizer(model, train_config)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    if reinitialised and run.main:
+        run.accelerator.print(f"--FT: re-initialised {len(reinitialised)} tensors that did not fit: "
+                              + ", ".join(reinitialised))  # fmt: skip
+    resume_dir = resume_checkpoint(train_config, run.checkpoints_dir, run.main)
+    run.model, run.optimizer = run.accelerator.prepare(model, build_optimizer(model, train_config))
     if resume_dir is not None:
-        accelerator.load_state(str(resume_dir))
-        state.load_state_dict(json.loads((resume_dir / "train_state.json").read_text()))
+        run.accelerator.load_state(str(resume_dir))
+        run.state.load_state_dict(json.loads((resume_dir / "train_state.json").read_text()))
+    run.skips.counts.update(run.state.skipped)
 
-    # Data: built on the main process first (so LMDB conversion caches are written once), then on the others.
-    accumulation = train_config.gradient_accumulation_steps
+
+def resume_checkpoint(train_config: TrainConfig, checkpoints_dir: Path, main: bool) -> Path | None:
+    """The checkpoint ``--resume_from_checkpoint`` names (a folder, or ``latest``), or None to start fresh."""
+    if not train_config.resume_from_checkpoint:
+        return None
+    if train_config.resume_from_checkpoint == "latest":
+        found = latest_checkpoint(checkpoints_dir)
+        if found is None and main:
+            logger.warning("--resume_from_checkpoint latest: no checkpoint in %s yet, starting fresh.", checkpoints_dir)
+        return found
+    resume_dir = Path(train_config.resume_from_checkpoint)
+    if not (resume_dir / "train_state.json").is_file():
+        raise FileNotFoundError(f"{str(resume_dir)!r} is not a complete checkpoint (no train_state.json).")
+    return resume_dir
+
+
+def build_data(run: Run) -> None:
+    """Training and validation data, built on the main process first (so LMDB conversion caches are written once);
+    the training sampler starts at the resumed batch."""
+    data_config, train_config, accelerator = run.data_config, run.train_config, run.accelerator
     with accelerator.main_process_first():
-        train_data = build_train_data(
-            data_config.train_data, model_config, select_data=data_config.select_data,
+        run.train_data = build_train_data(
+            data_config.train_data, run.model_config, select_data=data_config.select_data,
             batch_ratio=data_config.batch_ratio, total_data_usage_ratio=data_config.total_data_usage_ratio,
             batch_size=train_config.batch_size, data_filtering_off=data_config.data_filtering_off,
             seed=train_config.seed, rank=accelerator.process_index, world_size=accelerator.num_processes,
-            start_iteration=state.iteration * accumulation,
+            start_iteration=run.state.iteration * train_config.gradient_accumulation_steps,
         )  # fmt: skip
-        valid_data = build_eval_data(data_config.valid_data, model_config,
-                                     data_filtering_off=data_config.data_filtering_off)  # fmt: skip
-    loader = DataLoader(train_data.dataset, batch_sampler=train_data.sampler, collate_fn=train_data.collator,
-                        num_workers=data_config.workers, pin_memory=accelerator.device.type == "cuda",
-                        persistent_workers=data_config.workers > 0)  # fmt: skip
-    batches = iter(loader)  # the batch sampler is endless: no epochs, no re-shuffling restarts
+        run.valid_data = build_eval_data(data_config.valid_data, run.model_config,
+                                         data_filtering_off=data_config.data_filtering_off)  # fmt: skip
+    loader = DataLoader(run.train_data.dataset, batch_sampler=run.train_data.sampler,
+                        collate_fn=run.train_data.collator, num_workers=data_config.workers,
+                        pin_memory=accelerator.device.type == "cuda", persistent_workers=data_config.workers > 0)  # fmt: skip
+    run.batches = iter(loader)  # the batch sampler is endless: no epochs, no re-shuffling restarts
+    if run.main and run.train_config.push_to_hub:
+        run.pusher = _Pusher(train_config.hub_model_id, train_config.hub_private_repo)
 
-    per_process = sum(train_data.batch_sizes)
-    total_batch = per_process * accelerator.num_processes * accumulation
-    if main:
-        run_config = {"model": asdict(model_config), "data": asdict(data_config), "train": asdict(train_config)}
-        (run_dir / "run_config.json").write_text(json.dumps(run_config, indent=2, sort_keys=True) + "\n")
-        with open(run_dir / "opt.txt", "a", encoding="utf-8") as opt_file:
-            options = {**asdict(model_config), **asdict(data_config), **asdict(train_config), "exp_name": exp_name,
-                       "num_class": model_config.num_class, "num_processes": accelerator.num_processes,
-                       "mixed_precision": accelerator.mixed_precision, "total_batch_size": total_batch}  # fmt: skip
-            opt_file.write("------------ Options -------------\n")
-            opt_file.writelines(f"{key}: {value}\n" for key, value in options.items())
-            opt_file.write("---------------------------------------\n")
-        with open(run_dir / "log_dataset.txt", "a", encoding="utf-8") as log_dataset:
-            log_dataset.write(train_data.log + "\nvalidation:\n" + valid_data.log + DASHED + "\n")
-        tokens = parse_select_data(data_config.select_data)
-        split = " + ".join(f"{n} {token}" for n, token in zip(train_data.batch_sizes, tokens))
-        accelerator.print(
-            f"{model_config.stage_string}: {unwrap(accelerator, model).num_parameters:,} parameters\n"
-            f"Training samples: {len(train_data.dataset):,} | validation samples: {len(valid_data.dataset):,}\n"
-            f"Batch per process: {per_process} ({split}) | processes: {accelerator.num_processes} | "
-            f"accumulation: {accumulation} | total batch: {total_batch} | mixed precision: "
-            f"{accelerator.mixed_precision} | device: {accelerator.device}"
-        )
-        if reinitialised:
-            accelerator.print(f"--FT: re-initialised {len(reinitialised)} tensors that did not fit: "
-                              + ", ".join(reinitialised))  # fmt: skip
-        accelerator.init_trackers(exp_name, config={k: v for k, v in options.items()
+
+def write_run_files(run: Run) -> None:
+    """``run_config.json``, DTRB's ``opt.txt`` and ``log_dataset.txt``, the opening summary and the trackers."""
+    accelerator, model_config = run.accelerator, run.model_config
+    if not run.main:
+        accelerator.init_trackers(run.exp_name)
+        return
+    configs = {"model": asdict(model_config), "data": asdict(run.data_config), "train": asdict(run.train_config)}
+    (run.run_dir / "run_config.json").write_text(json.dumps(configs, indent=2, sort_keys=True) + "\n")
+    options = {**configs["model"], **configs["data"], **configs["train"], "exp_name": run.exp_name,
+               "num_class": model_config.num_class, "num_processes": accelerator.num_processes,
+               "mixed_precision": accelerator.mixed_precision, "total_batch_size": run.total_batch_size}  # fmt: skip
+    with open(run.run_dir / "opt.txt", "a", encoding="utf-8") as opt_file:
+        opt_file.write("------------ Options -------------\n")
+        opt_file.writelines(f"{key}: {value}\n" for key, value in options.items())
+        opt_file.write("---------------------------------------\n")
+    with open(run.run_dir / "log_dataset.txt", "a", encoding="utf-8") as log_dataset:
+        log_dataset.write(run.train_data.log + "\nvalidation:\n" + run.valid_data.log + DASHED + "\n")
+    tokens = parse_select_data(run.data_config.select_data)
+    split = " + ".join(f"{n} {token}" for n, token in zip(run.train_data.batch_sizes, tokens))
+    accelerator.print(
+        f"{model_config.stage_string}: {run.unwrapped.num_parameters:,} parameters\n"
+        f"Training samples: {len(run.train_data.dataset):,} | validation samples: {len(run.valid_data.dataset):,}\n"
+        f"Batch per process: {sum(run.train_data.batch_sizes)} ({split}) | processes: {accelerator.num_processes} | "
+        f"accumulation: {run.train_config.gradient_accumulation_steps} | total batch: {run.total_batch_size} | "
+        f"mixed precision: {accelerator.mixed_precision} | device: {accelerator.device}"
+    )
+    accelerator.init_trackers(run.exp_name, config={k: v for k, v in options.items()
                                                     if isinstance(v, (int, float, str, bool))})  # fmt: skip
-    else:
-        accelerator.init_trackers(exp_name)
 
-    pusher = _Pusher(train_config.hub_model_id, train_config.hub_private_repo) if (
-        main and train_config.push_to_hub) else None  # fmt: skip
-    skips = SkipTracker()
-    skips.counts.update(state.skipped)
-    tokenizer = unwrap(accelerator, model).tokenizer
-    loss_kwargs = {"baidu": True} if train_config.baidu_ctc else {}
-    card_training = {
+
+def optimizer_step(run: Run) -> None:
+    """One optimizer step: ``gradient_accumulation_steps`` batches forward and backward, clipping, the update."""
+    accelerator, model, config = run.accelerator, run.model, run.model_config
+    tokenizer = run.unwrapped.tokenizer
+    loss_kwargs = {"baidu": True} if run.train_config.baidu_ctc else {}
+    for _ in range(run.train_config.gradient_accumulation_steps):
+        batch = next(run.batches)
+        run.skips.update(batch["skipped"])
+        if not batch["labels"]:
+            continue
+        images = batch["pixel_values"].to(accelerator.device, non_blocking=True)
+        targets, lengths = tokenizer.encode(batch["labels"], config.batch_max_length)
+        targets = targets.to(accelerator.device)
+        with accelerator.accumulate(model):
+            with accelerator.autocast():
+                logits = model(images, targets if config.prediction == "Attn" else None)
+            loss = run.unwrapped.loss(logits, targets, lengths, **loss_kwargs)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(model.parameters(), run.train_config.grad_clip)
+            run.optimizer.step()
+            run.optimizer.zero_grad(set_to_none=True)
+        run.meter.add(float(loss.detach()), len(batch["labels"]))
+
+
+def log_step(run: Run, bar: Any) -> None:
+    """The progress line, and every ``log_interval`` steps the trackers' training loss, rate and learning rate."""
+    iteration, meter = run.state.iteration, run.meter
+    rate = meter.window_rate(run.accelerator.num_processes)
+    bar.set_postfix(loss=f"{meter.train_loss:.4f}", img_s=f"{rate:.0f}", refresh=False)
+    bar.update(1)
+    if iteration % run.train_config.log_interval == 0 or iteration == 1:
+        run.accelerator.log({"train/loss": meter.train_loss, "train/images_per_second": rate,
+                             "train/lr": run.optimizer.param_groups[0]["lr"]}, step=iteration)  # fmt: skip
+        meter.window_start, meter.window_images = time.perf_counter(), 0
+
+
+def is_validation_step(iteration: int, train_config: TrainConfig) -> bool:
+    """DTRB validates at the first step, every ``valInterval`` steps, and at the last."""
+    return iteration == 1 or iteration % train_config.val_interval == 0 or iteration == train_config.num_iter
+
+
+def validate_and_save_bests(run: Run, bar: Any, elapsed: float) -> None:
+    """DTRB's validation: log it, save ``best_accuracy/`` and ``best_norm_ED/`` when they improve, push the best."""
+    state, train_config = run.state, run.train_config
+    valid = evaluate_model(
+        run.model, run.valid_data, run.accelerator, train_config.batch_size, num_workers=run.data_config.workers,
+        sensitive=run.model_config.sensitive, data_filtering_off=run.data_config.data_filtering_off,
+        baidu_ctc=train_config.baidu_ctc, skips=run.skips,
+    )  # fmt: skip
+    run.last_valid = valid
+    improved_accuracy, improved_ned = valid.accuracy > state.best_accuracy, valid.norm_ED > state.best_norm_ED
+    state.best_accuracy = max(state.best_accuracy, valid.accuracy)
+    state.best_norm_ED = max(state.best_norm_ED, valid.norm_ED)
+    if run.main:
+        log = format_validation_log(state.iteration, train_config.num_iter, run.meter.train_loss, valid, elapsed, state)
+        bar.write(log)
+        with open(run.run_dir / "log_train.txt", "a", encoding="utf-8") as log_train:
+            log_train.write(log + "\n")
+        card = card_kwargs(run, valid)
+        if improved_accuracy:
+            save_model_folder(run.unwrapped, run.run_dir / "best_accuracy", card)
+            if run.pusher is not None:
+                run.pusher.push(run.run_dir / "best_accuracy",
+                                f"best accuracy {valid.accuracy:.3f} at iteration {state.iteration}")  # fmt: skip
+        if improved_ned:
+            save_model_folder(run.unwrapped, run.run_dir / "best_norm_ED", card)
+    run.accelerator.log({"valid/loss": valid.loss, "valid/accuracy": valid.accuracy, "valid/norm_ED": valid.norm_ED,
+                         "valid/mean_confidence": valid.mean_confidence}, step=state.iteration)  # fmt: skip
+    run.meter.loss_sum, run.meter.loss_count = 0.0, 0
+
+
+def card_kwargs(run: Run, valid: Validation) -> dict[str, Any]:
+    """The model card of a best model: its validation result (split ``validation``) and how it was trained."""
+    data_config, train_config = run.data_config, run.train_config
+    result = {"dataset": "validation", "dataset_type": data_config.valid_data, "split": "validation",
+              "num_samples": valid.num_samples, "accuracy": valid.accuracy, "norm_ED": valid.norm_ED,
+              "mean_confidence": valid.mean_confidence}  # fmt: skip
+    training = {
         "train_data": data_config.train_data, "valid_data": data_config.valid_data,
         "select_data": data_config.select_data, "batch_ratio": data_config.batch_ratio,
-        "total_batch_size": total_batch, "optimizer": "Adam" if train_config.adam else "Adadelta",
-        "lr": train_config.lr, "grad_clip": train_config.grad_clip,
+        "total_batch_size": run.total_batch_size, "optimizer": "Adam" if train_config.adam else "Adadelta",
+        "lr": train_config.lr, "grad_clip": train_config.grad_clip, "iteration": run.state.iteration,
     }  # fmt: skip
-    last_valid: Validation | None = None
-    loss_sum, loss_count, images_seen = 0.0, 0, 0
-    start_time = time.perf_counter() - state.elapsed
-    loop_start = time.perf_counter()
-    excluded = 0.0  # seconds of validation and checkpointing, left out of the training throughput
-    window_start, window_images = time.perf_counter(), 0
-    bar = tqdm(total=train_config.num_iter, initial=state.iteration, disable=not accelerator.is_local_main_process,
-               desc="training", unit="it", dynamic_ncols=True)  # fmt: skip
+    return {"model_name": run.exp_name, "eval_results": [result], "training": training}
 
-    while state.iteration < train_config.num_iter:
-        for _ in range(accumulation):
-            batch = next(batches)
-            skips.update(batch["skipped"])
-            if not batch["labels"]:
-                continue
-            images = batch["pixel_values"].to(accelerator.device, non_blocking=True)
-            targets, lengths = tokenizer.encode(batch["labels"], model_config.batch_max_length)
-            targets = targets.to(accelerator.device)
-            with accelerator.accumulate(model):
-                with accelerator.autocast():
-                    logits = model(images, targets if model_config.prediction == "Attn" else None)
-                loss = unwrap(accelerator, model).loss(logits, targets, lengths, **loss_kwargs)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(model.parameters(), train_config.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            loss_sum += float(loss.detach())
-            loss_count += 1
-            images_seen += len(batch["labels"])
-            window_images += len(batch["labels"])
-        state.iteration += 1
-        rate = window_images * accelerator.num_processes / max(time.perf_counter() - window_start, 1e-9)
-        bar.set_postfix(loss=f"{loss_sum / max(loss_count, 1):.4f}", img_s=f"{rate:.0f}", refresh=False)
-        bar.update(1)
 
-        if state.iteration % train_config.log_interval == 0 or state.iteration == 1:
-            accelerator.log({"train/loss": loss_sum / max(loss_count, 1), "train/images_per_second": rate,
-                             "train/lr": optimizer.param_groups[0]["lr"]}, step=state.iteration)  # fmt: skip
-            window_start, window_images = time.perf_counter(), 0
+def save_checkpoint(run: Run) -> None:
+    """A resumable checkpoint (model, optimizer, RNG, sampler position, bests), written atomically."""
+    run.state.skipped = dict(run.skips.counts)
+    _save_checkpoint(run.accelerator, run.checkpoints_dir, run.state, run.train_config.checkpoints_total_limit)
 
-        if (
-            state.iteration == 1
-            or state.iteration % train_config.val_interval == 0
-            or (state.iteration == train_config.num_iter)
-        ):
-            pause = time.perf_counter()
-            valid = evaluate_model(
-                model, valid_data, accelerator, train_config.batch_size, num_workers=data_config.workers,
-                sensitive=model_config.sensitive, data_filtering_off=data_config.data_filtering_off,
-                baidu_ctc=train_config.baidu_ctc, skips=skips,
-            )  # fmt: skip
-            last_valid = valid
-            train_loss = loss_sum / max(loss_count, 1)
-            improved_accuracy = valid.accuracy > state.best_accuracy
-            improved_ned = valid.norm_ED > state.best_norm_ED
-            state.best_accuracy = max(state.best_accuracy, valid.accuracy)
-            state.best_norm_ED = max(state.best_norm_ED, valid.norm_ED)
-            if main:
-                elapsed = time.perf_counter() - start_time
-                log = format_validation_log(state.iteration, train_config.num_iter, train_loss, valid, elapsed, state)
-                bar.write(log)
-                with open(run_dir / "log_train.txt", "a", encoding="utf-8") as log_train:
-                    log_train.write(log + "\n")
-                results = [{"dataset": "validation", "num_samples": valid.num_samples, "accuracy": valid.accuracy,
-                            "norm_ED": valid.norm_ED, "mean_confidence": valid.mean_confidence}]  # fmt: skip
-                card = {"model_name": exp_name, "eval_results": results,
-                        "training": {**card_training, "iteration": state.iteration}}  # fmt: skip
-                if improved_accuracy:
-                    save_model_folder(unwrap(accelerator, model), run_dir / "best_accuracy", card)
-                    if pusher is not None:
-                        pusher.push(run_dir / "best_accuracy",
-                                    f"best accuracy {valid.accuracy:.3f} at iteration {state.iteration}")  # fmt: skip
-                if improved_ned:
-                    save_model_folder(unwrap(accelerator, model), run_dir / "best_norm_ED", card)
-            accelerator.log({"valid/loss": valid.loss, "valid/accuracy": valid.accuracy,
-                             "valid/norm_ED": valid.norm_ED, "valid/mean_confidence": valid.mean_confidence},
-                            step=state.iteration)  # fmt: skip
-            loss_sum, loss_count = 0.0, 0
-            excluded += time.perf_counter() - pause
-            window_start = time.perf_counter()
 
-        if train_config.checkpointing_steps and state.iteration % train_config.checkpointing_steps == 0:
-            pause = time.perf_counter()
-            state.elapsed = time.perf_counter() - start_time
-            state.skipped = dict(skips.counts)
-            _save_checkpoint(accelerator, checkpoints_dir, state, train_config.checkpoints_total_limit)
-            excluded += time.perf_counter() - pause
-
-    bar.close()
-    accelerator.wait_for_everyone()
-    runtime = time.perf_counter() - start_time
+def finish(run: Run, runtime: float) -> dict[str, Any]:
+    """Wait for the pushes, write ``all_results.json`` (push errors included) and close the trackers."""
+    run.accelerator.wait_for_everyone()
+    last, state = run.last_valid, run.state
     results = {
         "iterations": state.iteration,
         "best_accuracy": state.best_accuracy,
         "best_norm_ED": state.best_norm_ED,
-        "final_accuracy": last_valid.accuracy if last_valid else None,
-        "final_norm_ED": last_valid.norm_ED if last_valid else None,
-        "final_valid_loss": last_valid.loss if last_valid else None,
-        "final_mean_confidence": last_valid.mean_confidence if last_valid else None,
-        "validation_samples": last_valid.num_samples if last_valid else None,
+        "final_accuracy": last.accuracy if last else None,
+        "final_norm_ED": last.norm_ED if last else None,
+        "final_valid_loss": last.loss if last else None,
+        "final_mean_confidence": last.mean_confidence if last else None,
+        "validation_samples": last.num_samples if last else None,
         "train_runtime": runtime,
-        # optimizer steps only: validation and checkpoint time excluded
-        "train_images_per_second": images_seen
-        * accelerator.num_processes
-        / max(time.perf_counter() - loop_start - excluded, 1e-9),
-        "num_parameters": unwrap(accelerator, model).num_parameters,
-        "corrupt_images_skipped": dict(skips.counts),
+        "train_images_per_second": run.meter.rate(run.accelerator.num_processes),  # validation, checkpoints excluded
+        "num_parameters": run.unwrapped.num_parameters,
+        "corrupt_images_skipped": dict(run.skips.counts),
     }
-    if main:
-        (run_dir / "all_results.json").write_text(json.dumps(results, indent=2) + "\n")
-        if pusher is not None:
-            results["push_errors"] = pusher.wait()
-        accelerator.print(f"end the training: best accuracy {state.best_accuracy:.3f}, best norm_ED "
-                          f"{state.best_norm_ED:.4f}; results in {run_dir}")  # fmt: skip
-    accelerator.end_training()
+    if run.main:
+        if run.pusher is not None:
+            results["push_errors"] = run.pusher.wait()
+        (run.run_dir / "all_results.json").write_text(json.dumps(results, indent=2) + "\n")
+        run.accelerator.print(f"end the training: best accuracy {state.best_accuracy:.3f}, best norm_ED "
+                              f"{state.best_norm_ED:.4f}; results in {run.run_dir}")  # fmt: skip
+    run.accelerator.end_training()
     return results
 
 
-def unwrap(accelerator: Accelerator, model: torch.nn.Module) -> TextRecognitionModel:
-    return accelerator.unwrap_model(model)
+# ---- checkpoints ---------------------------------------------------------------------------------------------------
 
 
 def _save_checkpoint(accelerator: Accelerator, checkpoints_dir: Path, state: TrainState, limit: int | None) -> None:

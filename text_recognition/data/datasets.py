@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import datasets
 from PIL import Image
-from tqdm.auto import tqdm
 
-from ..hub import looks_like_repo_id
+from ..hub import is_repo_id
 from .labels import KEPT, LabelRules
+from ..progress import progress as progress_bar
 from .lmdb import LmdbReader, find_sources, is_lmdb, select_sources
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ class ConversionStats:
 
 def _lmdb_rows(path: str, stats: ConversionStats, full_decode: bool, progress: bool) -> Iterator[dict]:
     reader = LmdbReader(path)
-    bar = tqdm(total=len(reader), desc=f"converting {Path(path).name}", unit=" samples", disable=not progress)
+    bar = progress_bar(total=len(reader), desc=f"converting {Path(path).name}", unit=" samples", disable=not progress)
     with reader, bar:
         for index, (image, label) in enumerate(reader, start=1):
             stats.samples += 1
@@ -250,7 +250,7 @@ def load_text_dataset(path_or_id: str | os.PathLike, select_data: str = "/") -> 
             for name, source in sources.items()
         }
         return datasets.DatasetDict(loaded)
-    if not looks_like_repo_id(os.fspath(path_or_id)):
+    if not is_repo_id(os.fspath(path_or_id)):
         raise FileNotFoundError(f"Data folder not found: {os.fspath(path_or_id)!r}")
     return _load_hub_dataset(os.fspath(path_or_id), select_data)
 
@@ -382,7 +382,7 @@ def image_folder_samples(
     entries: list[GtEntry], stats: FolderStats, check_valid: bool = True, progress: bool = True
 ) -> Iterator[tuple[bytes, str]]:
     """The ``(image bytes, label)`` of each gt entry whose file exists (and decodes, with ``check_valid``)."""
-    for entry in tqdm(entries, desc="reading images", unit=" images", disable=not progress):
+    for entry in progress_bar(entries, desc="reading images", unit=" images", disable=not progress):
         if not entry.path.is_file():
             stats.missing.append(entry)
             continue

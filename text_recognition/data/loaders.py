@@ -95,32 +95,11 @@ def build_train_data(
     log = [DASHED, f"dataset_root: {train_data}", f"opt.select_data: {tokens}", f"opt.batch_ratio: {ratios}", DASHED]
     members, group_sizes, all_counts = [], [], {}
     for token, ratio, per_batch in zip(tokens, ratios, counts_per_batch):
-        sources = filtered_sources(train_data, token, config, data_filtering_off)
-        log.append(f"dataset_root:    {train_data}\t dataset: {token}")
-        total = 0
-        for name, dataset, counts, _ in sources:
-            all_counts[name] = counts
-            total += len(dataset)
-            log.append(f"sub-directory:\t/{name}\t num samples: {len(dataset)}\t filtering: {_counts_text(counts)}")
-        if total == 0:
-            merged = sum((counts for _, _, counts, _ in sources), Counter())
-            raise _empty_error(token, merged, config)
-        used = int(total * float(total_data_usage_ratio))
-        if used == 0:
-            raise ValueError(
-                f"total_data_usage_ratio={total_data_usage_ratio} leaves no sample of {token!r} ({total} samples)."
-            )
-        remaining = used
-        for name, dataset, _, kept in sources:
-            take = min(len(dataset), remaining)
-            if take:
-                members.append((name, dataset, take, kept))
-            remaining -= take
-        group_sizes.append(used)
-        log.append(
-            f"num total samples of {token}: {total} x {float(total_data_usage_ratio)} (total_data_usage_ratio) "
-            f"= {used}"
-        )
+        group = _source_group(train_data, token, config, data_filtering_off, float(total_data_usage_ratio))
+        members += group.members
+        group_sizes.append(group.used)
+        all_counts.update(group.counts)
+        log += group.log
         log.append(f"num samples of {token} per batch: {batch_size} x {ratio} (batch_ratio) = {per_batch}")
         log.append(DASHED)
     total_batch = sum(counts_per_batch)
@@ -138,6 +117,44 @@ def build_train_data(
         sampler=sampler,
         batch_sizes=counts_per_batch,
     )
+
+
+
+@dataclass
+class _SourceGroup:
+    """The sources one ``select_data`` token selects, cut to ``total_data_usage_ratio``."""
+
+    members: list[tuple[str, datasets.Dataset, int, Sequence[int] | None]]
+    used: int
+    counts: dict[str, Counter]
+    log: list[str]
+
+
+def _source_group(
+    train_data: str | os.PathLike, token: str, config: ModelConfig, data_filtering_off: bool, usage: float
+) -> _SourceGroup:
+    """The filtered sources of ``token``, of which the first ``int(total * usage)`` samples are used (DTRB's
+    ``total_data_usage_ratio``), with their ``log_dataset.txt`` lines."""
+    sources = filtered_sources(train_data, token, config, data_filtering_off)
+    log = [f"dataset_root:    {train_data}\t dataset: {token}"]
+    counts, total = {}, 0
+    for name, dataset, source_counts, _ in sources:
+        counts[name] = source_counts
+        total += len(dataset)
+        log.append(f"sub-directory:\t/{name}\t num samples: {len(dataset)}\t filtering: {_counts_text(source_counts)}")
+    if total == 0:
+        raise _empty_error(token, sum((c for _, _, c, _ in sources), Counter()), config)
+    used = int(total * usage)
+    if used == 0:
+        raise ValueError(f"total_data_usage_ratio={usage} leaves no sample of {token!r} ({total} samples).")
+    members, remaining = [], used
+    for name, dataset, _, kept in sources:
+        take = min(len(dataset), remaining)
+        if take:
+            members.append((name, dataset, take, kept))
+        remaining -= take
+    log.append(f"num total samples of {token}: {total} x {usage} (total_data_usage_ratio) = {used}")
+    return _SourceGroup(members, used, counts, log)
 
 
 def build_eval_data(

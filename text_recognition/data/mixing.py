@@ -16,38 +16,9 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset, Sampler
 
+from ..config import parse_batch_ratio, parse_select_data
 
-def parse_select_data(select_data: str | Sequence[str]) -> list[str]:
-    """``"MJ-ST"`` (DTRB's spelling) or ``["MJ", "ST"]`` -> ``["MJ", "ST"]``."""
-    tokens = select_data.split("-") if isinstance(select_data, str) else list(select_data)
-    tokens = [token.strip() for token in tokens]
-    if not tokens or any(not token for token in tokens):
-        raise ValueError(
-            f"select_data must name at least one source, e.g. 'MJ-ST' or ['MJ', 'ST']; got {select_data!r}."
-        )
-    return tokens
-
-
-def parse_batch_ratio(batch_ratio: str | float | Sequence[float | str], num_sources: int) -> list[float]:
-    """``"0.5-0.5"`` or ``[0.5, 0.5]`` -> ``[0.5, 0.5]``, one positive ratio per selected source."""
-    if isinstance(batch_ratio, str):
-        parts: Sequence[Any] = batch_ratio.split("-")
-    elif isinstance(batch_ratio, (int, float)):
-        parts = [batch_ratio]
-    else:
-        parts = list(batch_ratio)
-    try:
-        ratios = [float(part) for part in parts]
-    except ValueError:
-        raise ValueError(f"batch_ratio must be numbers such as '0.5-0.5', got {batch_ratio!r}.") from None
-    if len(ratios) != num_sources:
-        raise ValueError(
-            f"batch_ratio has {len(ratios)} value(s) ({batch_ratio!r}) but select_data names {num_sources} source(s): "
-            f"give one ratio per source, e.g. --select_data MJ-ST --batch_ratio 0.5-0.5."
-        )
-    if any(ratio <= 0 for ratio in ratios):
-        raise ValueError(f"batch_ratio values must be positive, got {batch_ratio!r}.")
-    return ratios
+__all__ = ["BatchBalancedSampler", "MixedSources", "parse_batch_ratio", "parse_select_data", "source_batch_sizes"]
 
 
 def source_batch_sizes(batch_size: int, ratios: Sequence[float]) -> list[int]:

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import PIL
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
-from tqdm.auto import tqdm
 
 from ..config import CHARSET_36, CHARSET_PRESETS
+from ..progress import progress as progress_bar
 from .lmdb import write_lmdb
 
 if TYPE_CHECKING:
@@ -39,6 +39,50 @@ _PADDING = (1, 4)  # pixels on each side, at the font's size, before scaling to 
 _LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R 601-2, as Image.convert("L")
 # Bump when a change to the renderer changes the images, so ``to_dataset`` never reuses a stale cache.
 _RENDERER_VERSION = 1
+
+
+
+def _checked_settings(charset, min_length, max_length, height, min_contrast, seed, font_size, rotation, blur, noise,
+                      case, image_format) -> str:  # fmt: skip
+    """``SyntheticWords``' argument checks (see its Raises); returns the charset with a preset name resolved."""
+    charset = CHARSET_PRESETS.get(charset, charset)
+    if not isinstance(charset, str) or not charset:
+        raise ValueError(f"charset must be a non-empty string of symbols, got {charset!r}.")
+    duplicates = "".join(symbol for symbol, count in Counter(charset).items() if count > 1)
+    if duplicates:
+        raise ValueError(f"charset has duplicate symbols {duplicates!r}: each symbol must appear once.")
+    if charset.isspace():
+        raise ValueError(f"charset has only whitespace {charset!r}: nothing would be visible.")
+    for name, value in (("min_length", min_length), ("max_length", max_length), ("height", height),
+                        ("min_contrast", min_contrast), ("seed", seed)):  # fmt: skip
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise ValueError(f"{name} must be an integer, got {value!r}.")
+    if min_length < 1 or min_length > max_length:
+        raise ValueError(
+            f"Need 1 <= min_length <= max_length, got min_length={min_length}, max_length={max_length}."
+        )
+    if height <= 0:
+        raise ValueError(f"height must be positive, got {height}.")
+    if seed < 0:
+        raise ValueError(f"seed must be non-negative, got {seed}.")
+    if not 0 <= min_contrast <= 255:
+        raise ValueError(f"min_contrast must be in [0, 255], got {min_contrast}.")
+    if (
+        len(font_size) != 2
+        or not all(isinstance(size, (int, np.integer)) for size in font_size)
+        or not 1 <= font_size[0] <= font_size[1]
+    ):
+        raise ValueError(f"font_size must be (min, max) with 1 <= min <= max, got {font_size!r}.")
+    for name, value in (("rotation", rotation), ("blur", blur), ("noise", noise)):
+        if not value >= 0:  # also rejects NaN
+            raise ValueError(f"{name} must be >= 0, got {value!r}.")
+    if rotation > 45:
+        raise ValueError(f"rotation is the maximum absolute angle in degrees, at most 45, got {rotation}.")
+    if case not in CASES:
+        raise ValueError(f"Unknown case {case!r}. Choose one of: {', '.join(CASES)}.")
+    if not isinstance(image_format, str) or image_format.upper() not in IMAGE_FORMATS:
+        raise ValueError(f"Unknown image_format {image_format!r}. Choose one of: {', '.join(IMAGE_FORMATS)}.")
+    return charset
 
 
 class SyntheticWords:
@@ -101,43 +145,8 @@ class SyntheticWords:
         image_format: str = "PNG",
         seed: int = 0,
     ) -> None:
-        charset = CHARSET_PRESETS.get(charset, charset)
-        if not isinstance(charset, str) or not charset:
-            raise ValueError(f"charset must be a non-empty string of symbols, got {charset!r}.")
-        duplicates = "".join(symbol for symbol, count in Counter(charset).items() if count > 1)
-        if duplicates:
-            raise ValueError(f"charset has duplicate symbols {duplicates!r}: each symbol must appear once.")
-        if charset.isspace():
-            raise ValueError(f"charset has only whitespace {charset!r}: nothing would be visible.")
-        for name, value in (("min_length", min_length), ("max_length", max_length), ("height", height),
-                            ("min_contrast", min_contrast), ("seed", seed)):  # fmt: skip
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                raise ValueError(f"{name} must be an integer, got {value!r}.")
-        if min_length < 1 or min_length > max_length:
-            raise ValueError(
-                f"Need 1 <= min_length <= max_length, got min_length={min_length}, max_length={max_length}."
-            )
-        if height <= 0:
-            raise ValueError(f"height must be positive, got {height}.")
-        if seed < 0:
-            raise ValueError(f"seed must be non-negative, got {seed}.")
-        if not 0 <= min_contrast <= 255:
-            raise ValueError(f"min_contrast must be in [0, 255], got {min_contrast}.")
-        if (
-            len(font_size) != 2
-            or not all(isinstance(size, (int, np.integer)) for size in font_size)
-            or not 1 <= font_size[0] <= font_size[1]
-        ):
-            raise ValueError(f"font_size must be (min, max) with 1 <= min <= max, got {font_size!r}.")
-        for name, value in (("rotation", rotation), ("blur", blur), ("noise", noise)):
-            if not value >= 0:  # also rejects NaN
-                raise ValueError(f"{name} must be >= 0, got {value!r}.")
-        if rotation > 45:
-            raise ValueError(f"rotation is the maximum absolute angle in degrees, at most 45, got {rotation}.")
-        if case not in CASES:
-            raise ValueError(f"Unknown case {case!r}. Choose one of: {', '.join(CASES)}.")
-        if not isinstance(image_format, str) or image_format.upper() not in IMAGE_FORMATS:
-            raise ValueError(f"Unknown image_format {image_format!r}. Choose one of: {', '.join(IMAGE_FORMATS)}.")
+        charset = _checked_settings(charset, min_length, max_length, height, min_contrast, seed, font_size, rotation,
+                                    blur, noise, case, image_format)
 
         self.charset = charset
         self.min_length = int(min_length)
@@ -283,7 +292,7 @@ class SyntheticWords:
         Raises:
             FileExistsError: if ``path`` already holds an LMDB.
         """
-        samples = tqdm(self.generate(count), total=count, disable=not progress, desc="rendering", unit=" images")
+        samples = progress_bar(self.generate(count), total=count, disable=not progress, desc="rendering", unit=" images")
         return write_lmdb(samples, path)
 
     def to_dataset(self, count: int, cache_dir: str | os.PathLike | None = None) -> datasets.Dataset:
@@ -338,7 +347,7 @@ class SyntheticWords:
         suffix = ".jpg" if self.image_format == "JPEG" else ".png"
         lines = []
         for index, (data, label) in enumerate(
-            tqdm(self.generate(count), total=count, desc="rendering", unit=" images", disable=not progress)
+            progress_bar(self.generate(count), total=count, desc="rendering", unit=" images", disable=not progress)
         ):
             name = f"images/word_{index + 1:06d}{suffix}"
             (path / name).write_bytes(data)

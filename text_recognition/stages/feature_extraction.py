@@ -1,3 +1,4 @@
+# Follows clovaai/deep-text-recognition-benchmark (Copyright (c) 2019-present NAVER Corp., Apache-2.0); see NOTICE.
 """Feature extraction stage: VGG (CRNN), RCNN (GRCNN) or ResNet (FAN), mapping [B, C, H, W] to [B, oc, H', W'].
 
 Inner widths are fractions of ``output_channel`` exactly as in DTRB; module names (``ConvNet``, ``conv0_1``,

@@ -1,3 +1,4 @@
+# Follows clovaai/deep-text-recognition-benchmark (Copyright (c) 2019-present NAVER Corp., Apache-2.0); see NOTICE.
 """Prediction stage: a CTC projection or a Bahdanau attention decoder (RARE/ASTER style). Each head owns its loss.
 
 The attention decoder's mode is chosen by its argument: given ``text`` it uses teacher forcing, without it it
@@ -11,10 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import register_stage
-
-GO_ID = 0  # attention: [GO] starts decoding and pads targets
-EOS_ID = 1  # attention: [s] ends a sequence
-BLANK_ID = 0  # CTC blank
+from ..tokenizer import BLANK_ID, EOS_ID, GO_ID
 
 
 @register_stage("prediction", "CTC")

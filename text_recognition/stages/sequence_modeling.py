@@ -1,3 +1,4 @@
+# Follows clovaai/deep-text-recognition-benchmark (Copyright (c) 2019-present NAVER Corp., Apache-2.0); see NOTICE.
 """Sequence modeling stage: none, or two stacked bidirectional LSTMs over the feature columns."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# Follows clovaai/deep-text-recognition-benchmark (Copyright (c) 2019-present NAVER Corp., Apache-2.0); see NOTICE.
 """Transformation stage: none, or a thin-plate-spline spatial transformer (RARE, Shi et al. 2016).
 
 Attribute names (``LocalizationNetwork``, ``GridGenerator``, ``localization_fc1``, ...) follow DTRB so that its

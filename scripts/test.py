@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """DTRB's test.py: evaluate a model on benchmark datasets, scored exactly as DTRB scores them.
 
-    python scripts/evaluate.py --eval_data data_lmdb_release/evaluation --benchmark_all_eval \\
+    python scripts/test.py --eval_data data_lmdb_release/evaluation --benchmark_all_eval \\
         --saved_model saved_models/TPS-ResNet-BiLSTM-Attn-Seed1111/best_accuracy --output_json results.json
-    python scripts/evaluate.py --eval_data data_lmdb_release/evaluation --benchmark_all_eval \\
+    python scripts/test.py --eval_data data_lmdb_release/evaluation --benchmark_all_eval \\
         --saved_model TPS-ResNet-BiLSTM-Attn.pth --Transformation TPS --FeatureExtraction ResNet \\
         --SequenceModeling BiLSTM --Prediction Attn
 
@@ -69,23 +69,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def push_results(saved_model: str, repo: str, report: EvaluationReport) -> None:
-    from huggingface_hub import hf_hub_download
+    """Add the results to the model card: the local folder's README.md and/or the Hub repo's."""
+    from huggingface_hub import ModelCard
 
-    from text_recognition.hub import card_with_results, looks_like_repo_id, push_model_card
+    from text_recognition.hub import NO_RESULTS, card_with_results, is_repo_id, push_model_card
 
     folder = Path(saved_model)
     if folder.is_dir():
-        readme = (folder / "README.md").read_text(encoding="utf-8") if (folder / "README.md").is_file() else ""
-    elif looks_like_repo_id(saved_model):
+        readme = folder / "README.md"
+        card = ModelCard.load(readme) if readme.is_file() else ModelCard(f"## Evaluation\n\n{NO_RESULTS}\n")
+    elif is_repo_id(saved_model):
         repo = repo or saved_model
-        readme = Path(hf_hub_download(saved_model, "README.md")).read_text(encoding="utf-8")
+        card = ModelCard.load(saved_model)
     else:
         raise ValueError("--push_results_to_hub needs a model folder or a Hub id as --saved_model.")
     if not repo:
         raise ValueError("--push_results_to_hub needs a repo id when --saved_model is a local folder.")
-    card = card_with_results(readme, report.card_results(), report.model)
+    card = card_with_results(card, report.card_results(), report.model)
     if folder.is_dir():
-        (folder / "README.md").write_text(card, encoding="utf-8")
+        card.save(folder / "README.md")
     push_model_card(repo, card)
     print(f"evaluation results added to the model card of {repo}")
 
