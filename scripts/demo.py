@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from text_recognition.cli import add_model_arguments, model_config_from_args, model_flags_given, run
+from text_recognition.cli import add_model_arguments, check_model_flags, model_config_from_args, run
 from text_recognition.inference import find_images, recognize_files
 from text_recognition.model import load_model
 
@@ -37,9 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     config = model_config_from_args(args, require_stages=False)
     model = load_model(args.saved_model, config).to("cuda" if torch.cuda.is_available() else "cpu")
-    if config is None and model_flags_given(args):
-        print(f"note: {args.saved_model} records its own configuration; ignoring {' '.join(model_flags_given(args))}",
-              file=sys.stderr)  # fmt: skip
+    if config is None or not Path(args.saved_model).is_file():  # a folder or Hub id: flags must agree with it
+        check_model_flags(args, model.config, repr(args.saved_model))
     if args.output and not args.output.endswith((".tsv", ".json")):
         raise ValueError(f"--output must end with .tsv or .json, got {args.output!r}.")
     paths = find_images(args.image_folder)

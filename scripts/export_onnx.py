@@ -16,8 +16,9 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from text_recognition.cli import add_model_arguments, model_config_from_args, model_flags_given, run
+from text_recognition.cli import add_model_arguments, check_model_flags, model_config_from_args, run
 from text_recognition.export import DEFAULT_OPSET, export_onnx, load_check_images, sidecar_path, verify_onnx
 from text_recognition.model import load_model
 
@@ -37,9 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     config = model_config_from_args(args, require_stages=False)
     model = load_model(args.saved_model, config)
-    if config is None and model_flags_given(args):
-        print(f"note: {args.saved_model} records its own configuration; ignoring {' '.join(model_flags_given(args))}",
-              file=sys.stderr)  # fmt: skip
+    if config is None or not Path(args.saved_model).is_file():  # a folder or Hub id: flags must agree with it
+        check_model_flags(args, model.config, repr(args.saved_model))
     images = load_check_images(model.config, args.check_images, args.num_check_images)
     path = export_onnx(model, args.output, opset=args.opset)
     report = verify_onnx(model, path, images, atol=args.atol)

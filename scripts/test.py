@@ -7,7 +7,10 @@
         --saved_model TPS-ResNet-BiLSTM-Attn.pth --Transformation TPS --FeatureExtraction ResNet \\
         --SequenceModeling BiLSTM --Prediction Attn
 
---saved_model is a model folder, a Hub id, or a DTRB .pth with its model flags. --eval_data is an LMDB tree,
+--saved_model is a model folder, a Hub id, or a DTRB .pth with its model flags; with a folder or Hub id, model flags
+must agree with its config.json (an error says which do not). --sensitive and --data_filtering_off are evaluation
+flags, as in DTRB: they decide which samples load, how ground truths are cleaned and, under the default
+--protocol dtrb, how predictions are compared, whatever the model's config says. --eval_data is an LMDB tree,
 datasets folders or a Hub dataset. With --benchmark_all_eval, DTRB's ten sets are evaluated (plus --datasets) and
 both totals are printed: DTRB's code (all ten sets) and the paper's (7 sets). Without it, every dataset found.
 Logs and one failure-case file per dataset go to --result_dir/<exp_name>/ (DTRB's ./result/ layout).
@@ -22,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from text_recognition.cli import add_model_arguments, model_config_from_args, run
+from text_recognition.cli import add_model_arguments, check_model_flags, model_config_from_args, run
 from text_recognition.evaluation import (
     BENCHMARK_DATASETS,
     EvaluationReport,
@@ -31,6 +34,7 @@ from text_recognition.evaluation import (
     write_json,
     write_outputs,
 )
+from text_recognition.metrics import PROTOCOLS, Protocol
 from text_recognition.model import load_model
 
 
@@ -43,6 +47,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch_size", type=int, default=192, help="evaluation batch size (default 192)")
     parser.add_argument("--workers", type=int, default=4, help="data loading workers (default 4)")
     parser.add_argument("--data_filtering_off", action="store_true", help="keep every sample (DTRB's flag)")
+    parser.add_argument("--protocol", default="dtrb", choices=PROTOCOLS,
+                        help="how predictions and ground truths are compared (default dtrb: DTRB's test.py for "
+                             "--sensitive/--data_filtering_off; alnum36: lowercase [0-9a-z]; alnum62: [0-9A-Za-z]; "
+                             "printable94: DTRB's 94 symbols; raw: exact after Unicode NFC)")  # fmt: skip
     parser.add_argument("--timing_samples", type=int, default=100, help="images timed at batch 1 (0: skip)")
     parser.add_argument("--result_dir", default="result", help="logs and failure cases go to RESULT_DIR/<exp>/")
     parser.add_argument("--output_json", help="write the results to this JSON file")
@@ -52,11 +60,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_model_arguments(parser)
     args = parser.parse_args(argv)
 
+    protocol = Protocol(args.protocol, args.sensitive, args.data_filtering_off)
     model = load_model(args.saved_model, model_config_from_args(args, require_stages=False))
+    if not Path(args.saved_model).is_file():  # a folder or Hub id: its config.json, which flags must agree with
+        check_model_flags(args, model.config, repr(args.saved_model), evaluation_flags=("sensitive",))
+    if protocol.name == "dtrb" and model.config.sensitive and not args.sensitive:
+        print(f"note: {args.saved_model} is case-sensitive but --sensitive was not given: as DTRB's test.py, the "
+              f"ground truths are lowercased. Pass --sensitive (with --data_filtering_off for DTRB's case-insensitive "
+              f"alphanumeric comparison) or choose --protocol alnum62 / printable94.", file=sys.stderr)  # fmt: skip
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     names = [*BENCHMARK_DATASETS, *args.datasets] if args.benchmark_all_eval else (args.datasets or None)
     report = evaluate(model, args.eval_data, names=names, batch_size=args.batch_size, num_workers=args.workers,
-                      data_filtering_off=args.data_filtering_off, timing_samples=args.timing_samples,
+                      protocol=protocol, timing_samples=args.timing_samples,
                       model_name=str(args.saved_model))  # fmt: skip
     result_dir = write_outputs(report, Path(args.result_dir) / dtrb_exp_name(str(args.saved_model)),
                                args.benchmark_all_eval)  # fmt: skip

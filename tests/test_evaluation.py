@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 import numpy as np
 import pytest
@@ -132,12 +133,19 @@ def test_case_insensitive_alphanumeric_rule_with_sensitive_and_filtering_off(tmp
     evaluate = load_script("test")
     base = ["--eval_data", str(tmp_path / "eval"), "--saved_model", str(tmp_path / "model"), "--workers", "0",
             "--timing_samples", "0"]  # fmt: skip
-    assert run(evaluate.main, [*base, "--data_filtering_off", "--output_json", "a.json"]) == 0
+    # --sensitive is DTRB's evaluation flag: the model's config.json does not stand in for it
+    assert run(evaluate.main, [*base, "--sensitive", "--data_filtering_off", "--output_json", "a.json"]) == 0
     rule = json.loads((tmp_path / "a.json").read_text())["datasets"]["cased"]
-    assert rule["accuracy"] == pytest.approx(100.0)
+    assert rule["accuracy"] == pytest.approx(100.0) and rule["protocol"] == "dtrb --sensitive --data_filtering_off"
+    assert run(evaluate.main, [*base, "--data_filtering_off", "--output_json", "c.json"]) == 0
+    lowered = json.loads((tmp_path / "c.json").read_text())["datasets"]["cased"]
+    assert lowered["accuracy"] == 0.0  # without --sensitive DTRB lowercases the labels and compares exactly
     assert run(evaluate.main, [*base, "--output_json", "b.json"]) == 0
     strict = json.loads((tmp_path / "b.json").read_text())["datasets"]["cased"]
     assert strict["accuracy"] == 0.0 and strict["num_samples"] == 4  # "!?" never matches under exact comparison
+    assert run(evaluate.main, [*base, "--protocol", "alnum36", "--output_json", "d.json"]) == 0
+    alnum = json.loads((tmp_path / "d.json").read_text())["datasets"]["cased"]
+    assert alnum["accuracy"] == pytest.approx(100.0) and alnum["protocol"] == "alnum36"
 
 
 def test_empty_attention_predictions(tmp_path, monkeypatch):
@@ -177,3 +185,49 @@ def test_push_results_to_hub_updates_the_card(setup, tmp_path):
     assert f"| SVT | {SIZES['SVT']} | {expected['SVT']['accuracy']:.3f} |" in card
     assert "## Usage" in card and "## Citation" in card  # the rest of the card is kept
     assert "No evaluation results yet" not in card
+
+
+# ---- model flags with a saved model: applied or refused, never ignored ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--character", "abc"], r"--character 'abc' \(the model has '0123456789abcdefghijklmnopqrstuvwxyz'\)"),
+        (["--PAD"], r"--PAD True \(the model has False\)"),
+        (["--imgH", "64"], r"--imgH 64 \(the model has 32\)"),
+        (["--imgW", "200"], r"--imgW 200 \(the model has 100\)"),
+        (["--Prediction", "Attn", "--Transformation", "None", "--FeatureExtraction", "VGG", "--SequenceModeling",
+          "BiLSTM"], r"--Prediction 'Attn' \(the model has 'CTC'\)"),  # fmt: skip
+        (["--protocol", "alnum99"], None),
+    ],
+    ids=["character", "PAD", "imgH", "imgW", "stages", "protocol"],
+)
+def test_model_flags_that_disagree_with_a_model_folder_are_errors(setup, tmp_path, capsys, flags, message):
+    root, _ = setup
+    test = load_script("test")
+    argv = ["--eval_data", str(root / "eval"), "--saved_model", str(root / "model"), "--workers", "0",
+            "--timing_samples", "0", "--result_dir", str(tmp_path), *flags]  # fmt: skip
+    if message is None:  # an unknown protocol: argparse names the choices
+        with pytest.raises(SystemExit):
+            test.main(argv)
+        assert "alnum36" in capsys.readouterr().err
+        return
+    assert run(test.main, argv) == 1
+    err = capsys.readouterr().err
+    assert re.search(message, err), err
+    assert "records its own configuration" in err and "--FT" in err
+
+
+def test_model_flags_that_agree_with_a_model_folder_and_sensitive_apply(setup, tmp_path, monkeypatch):
+    root, expected = setup
+    monkeypatch.chdir(tmp_path)
+    test = load_script("test")
+    base = ["--eval_data", str(root / "eval"), "--saved_model", str(root / "model"), "--workers", "0",
+            "--timing_samples", "0", "--datasets", "SVT"]  # fmt: skip
+    assert run(test.main, [*base, "--imgH", "32", "--imgW", "100", "--output_json", "same.json"]) == 0
+    same = json.loads((tmp_path / "same.json").read_text())["datasets"]["SVT"]
+    assert same["accuracy"] == pytest.approx(expected["SVT"]["accuracy"])
+    # --sensitive is an evaluation flag: it applies (the protocol says so), it does not have to match config.json
+    assert run(test.main, [*base, "--sensitive", "--output_json", "s.json"]) == 0
+    assert json.loads((tmp_path / "s.json").read_text())["protocol"] == "dtrb --sensitive"

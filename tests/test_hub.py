@@ -69,6 +69,7 @@ def test_model_card_with_evaluation_results_has_model_index(tmp_path):
     parsed = {r.dataset_name: r.metric_value for r in card.data.eval_results}
     assert parsed == {"IIIT5k_3000": 87.367, "SVT": 87.326}
     assert all(r.metric_type == "accuracy" and r.task_type == "image-to-text" for r in card.data.eval_results)
+    assert all(r.metric_config == "dtrb" and r.metric_name == "Word accuracy (dtrb)" for r in card.data.eval_results)
     assert "| IIIT5k_3000 | 3000 | 87.367 | 0.9512 | 0.8000 |" in card.content
     assert "- select_data: `MJ-ST`" in card.content
     assert '"num_iter": 300000' in card.content

@@ -30,6 +30,10 @@ FONTS = "/usr/share/fonts/truetype/dejavu"
 
 # Commands run by other tests, not here.
 COVERED_ELSEWHERE = {"make demo": "tests/test_demo.py", "make test": "the test suite itself (.ci/run)"}
+# The real-data commands (../shared/data/) are run by tests/test_real_data.py, which skips where that folder is absent.
+COVERED_ELSEWHERE.update({command: "tests/test_real_data.py" for command in re.findall(
+    r"^python scripts/\S+ --saved_model \.\./shared/data/.*$|^python scripts/\S+ .*--eval_data \.\./shared/data/.*$",
+    (REPO_ROOT / "README.md").read_text(encoding="utf-8"), re.M)})  # fmt: skip
 # (pattern, replacement) applied to every command: a CPU accelerate config, the venv's executables, small sizes.
 SUBSTITUTIONS = [
     (r"accelerate_configs/(single_gpu|multi_gpu|multi_node)\.yaml", "accelerate_configs/cpu.yaml"),

@@ -126,6 +126,22 @@ def test_demo_on_a_model_folder(tmp_path, image_folder, capsys, monkeypatch):
     assert (tmp_path / "log_demo_result.txt").read_text() == log * 2
 
 
+@pytest.mark.parametrize(
+    "flags", [["--imgH", "64"], ["--imgW", "120"], ["--PAD"], ["--character", "abc"], ["--sensitive"], ["--rgb"]],
+    ids=["imgH", "imgW", "PAD", "character", "sensitive", "rgb"],
+)
+def test_demo_refuses_flags_a_model_folder_contradicts(tmp_path, image_folder, capsys, monkeypatch, flags):
+    TextRecognitionModel(ModelConfig("None", "VGG", "None", "CTC", output_channel=32)).save_pretrained(tmp_path / "m")
+    monkeypatch.chdir(tmp_path)
+    demo = load_script("demo")
+    argv = ["--image_folder", str(image_folder), "--saved_model", str(tmp_path / "m"), "--workers", "0", *flags]
+    assert run(demo.main, argv) == 1
+    err = capsys.readouterr().err
+    assert f"error: '{tmp_path / 'm'}' records its own configuration" in err and flags[0].split(":")[0] in err
+    assert not (tmp_path / "log_demo_result.txt").exists()  # refused before anything was read or written
+    assert run(demo.main, [*argv[:6], "--imgH", "32", "--imgW", "100"]) == 0  # the folder's own values are fine
+
+
 def test_demo_with_a_dtrb_checkpoint_and_workers(tmp_path, image_folder, crnn_pth):
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "scripts" / "demo.py"), "--image_folder", str(image_folder),

@@ -112,6 +112,46 @@ def test_bad_arguments(argv, match):
         train_configs_from_args(parse_train_args([*argv, *TINY_CTC]))
 
 
+@pytest.fixture
+def saved_folder(tmp_path):
+    from text_recognition import ModelConfig
+
+    model = TextRecognitionModel(ModelConfig("None", "VGG", "BiLSTM", "CTC", output_channel=32, hidden_size=16,
+                                             character="0123456789ABCabc"))  # fmt: skip
+    model.save_pretrained(tmp_path / "saved")
+    return str(tmp_path / "saved")
+
+
+def test_sensitive_alone_keeps_a_saved_models_charset(saved_folder):
+    args = parse_train_args(["--train_data", "t", "--valid_data", "v", "--saved_model", saved_folder, "--sensitive"])
+    model, _, _ = train_configs_from_args(args)
+    assert model.sensitive and model.character == "0123456789ABCabc"  # not DTRB's 94 symbols
+
+
+def test_sensitive_without_upper_case_letters_warns(tmp_path):
+    from text_recognition import ModelConfig
+
+    TextRecognitionModel(ModelConfig("None", "VGG", "None", "CTC", output_channel=32)).save_pretrained(tmp_path / "m")
+    args = parse_train_args(["--train_data", "t", "--valid_data", "v", "--saved_model", str(tmp_path / "m"),
+                             "--sensitive"])  # fmt: skip
+    with pytest.warns(UserWarning, match="no upper-case letter: upper-case letters will be removed"):
+        model, _, _ = train_configs_from_args(args)
+    assert model.character == "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+@pytest.mark.parametrize(
+    ("flags", "field", "value"),
+    [(["--character", "abc"], "character", "abc"), (["--PAD"], "pad", True), (["--imgH", "64"], "img_h", 64),
+     (["--imgW", "200"], "img_w", 200)],  # fmt: skip
+    ids=["character", "PAD", "imgH", "imgW"],
+)
+def test_model_flags_with_a_saved_model_apply_in_training(saved_folder, flags, field, value):
+    args = parse_train_args(["--train_data", "t", "--valid_data", "v", "--saved_model", saved_folder, "--FT", *flags])
+    model, _, _ = train_configs_from_args(args)
+    assert getattr(model, field) == value
+    assert (model.feature_extraction, model.output_channel) == ("VGG", 32)  # the rest is the saved model's
+
+
 def test_unknown_flag_exits_with_usage(capsys):
     with pytest.raises(SystemExit) as error:
         parse_train_args(["--train_data", "t", "--num_iters", "3"])
@@ -173,8 +213,10 @@ def final_weights(run_dir, step):
 
 @pytest.mark.slow
 def test_sigkill_then_resume_gives_the_weights_of_an_uninterrupted_run(data, tmp_path):
+    # With augmentation, a warm-up + cosine schedule and EMA: each must resume exactly for the weights to match.
     common = [*TINY_CTC, "--num_iter", "120", "--valInterval", "40", "--checkpointing_steps", "10", "--adam",
-              "--lr", "1e-3"]  # fmt: skip
+              "--lr", "1e-3", "--augment", "--augment_strength", "0.7", "--scheduler", "cosine", "--warmup_steps",
+              "15", "--ema_decay", "0.95", "--weight_decay", "0.01"]  # fmt: skip
     straight = launch(base_args(data, tmp_path / "a", *common), tmp_path)
     assert straight.returncode == 0, straight.stdout
 
@@ -193,6 +235,39 @@ def test_sigkill_then_resume_gives_the_weights_of_an_uninterrupted_run(data, tmp
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+    for run_dir in ("a", "b"):
+        assert "augment: True" in (tmp_path / run_dir / "run" / "opt.txt").read_text()
+    # the EMA weights: in the checkpoint, and what best_accuracy/ saved
+    ema_a, ema_b = (torch.load(tmp_path / r / "run" / "checkpoints" / "checkpoint-120" / "custom_checkpoint_1.pkl",
+                               weights_only=True) for r in ("a", "b"))  # fmt: skip
+    assert ema_a.keys() == ema_b.keys() and all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
+    assert any(not torch.equal(ema_a[k], a[k]) for k in a if k in ema_a)  # the EMA is not the raw weights
+    best_a, best_b = (load_file(tmp_path / r / "run" / "best_accuracy" / "model.safetensors") for r in ("a", "b"))
+    assert all(torch.equal(best_a[k], best_b[k]) for k in best_a)
+
+
+@pytest.mark.slow
+def test_freeze_label_smoothing_and_early_stopping(data, tmp_path):
+    from text_recognition import ModelConfig
+
+    config = ModelConfig("TPS", "RCNN", "None", "Attn", output_channel=32, hidden_size=32, num_fiducial=6)
+    torch.manual_seed(0)
+    start = TextRecognitionModel(config)
+    start.init_weights()
+    start.save_pretrained(tmp_path / "start")
+    result = launch(base_args(data, tmp_path, "--saved_model", str(tmp_path / "start"), "--freeze",
+                              "FeatureExtraction", "--label_smoothing", "0.1", "--early_stopping_patience", "2",
+                              "--valInterval", "1", "--num_iter", "40", "--checkpointing_steps", "1",
+                              "--optimizer", "adamw", "--lr", "1e-3"), tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    results = run_files(tmp_path)
+    assert results["stopped_early"] and results["iterations"] < 40
+    assert f"early stopping at iteration {results['iterations']}" in result.stdout
+    final = final_weights(tmp_path, results["iterations"])
+    initial = start.state_dict()
+    frozen = [k for k in initial if k.startswith("FeatureExtraction.")]
+    assert frozen and all(torch.equal(final[k], initial[k]) for k in frozen)  # running statistics too
+    assert not torch.equal(final["Prediction.generator.weight"], initial["Prediction.generator.weight"])
 
 
 @pytest.mark.slow
@@ -203,9 +278,9 @@ def test_fine_tune_on_another_charset(data, tmp_path):
     fine = launch(base_args(data, tmp_path / "ft", "--saved_model", str(pretrained), "--FT", "--character",
                             "abcdefghijklmnopqrstuvwxyz0123456789-", "--num_iter", "2", "--valInterval", "2"), tmp_path)  # fmt: skip
     assert fine.returncode == 0, fine.stdout + fine.stderr
-    assert "--FT: re-initialised" in fine.stdout and "Prediction.generator.weight" in fine.stdout
-    assert "Prediction.attention_cell.rnn.weight_ih" in fine.stdout
-    assert "FeatureExtraction" not in fine.stdout.split("--FT: re-initialised")[1].splitlines()[0]
+    # Only the charset differs: the head is resized (model.resize_charset), not re-initialised
+    assert "--FT: charset resized, kept 36 symbols, added 1 ('-'), removed 0 ('')" in fine.stdout
+    assert "re-initialised" not in fine.stdout
     model = TextRecognitionModel.from_pretrained(tmp_path / "ft" / "run" / "best_accuracy")
     assert model.config.character.endswith("-") and model.config.stage_string == "TPS-RCNN-None-Attn"
     before = load_file(pretrained / "model.safetensors")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -122,6 +123,42 @@ def model_flags_given(args: argparse.Namespace) -> list[str]:
     return flags + (["--rgb"] if args.rgb else [])
 
 
+def check_model_flags(
+    args: argparse.Namespace, config: ModelConfig, source: str, *, evaluation_flags: Sequence[str] = ()
+) -> None:
+    """Model flags given with a model that records its own configuration (a folder or Hub id) must agree with it.
+
+    A flag with the model's own value is accepted; one with another value is an error, never silently ignored.
+    ``evaluation_flags`` (``test.py``'s ``sensitive``) are the script's own and not checked here.
+
+    Raises:
+        ValueError: naming each flag, its value and the model's, and what to do instead.
+    """
+    given = {k: v for k, v in _model_values(args).items() if k not in evaluation_flags}
+    if args.rgb:
+        given["input_channel"] = 3
+    if not given:
+        return
+    try:
+        wanted = ModelConfig(**{**asdict(config), **given})
+    except ValueError as error:
+        raise ValueError(f"The model flags given with {source} are not a valid configuration: {error}") from None
+    spelled = {option.dest: option.flags[0] for option in MODEL_OPTIONS}
+    differ = [
+        f"{spelled[name]} {getattr(wanted, name)!r} (the model has {getattr(config, name)!r})"
+        for name in given
+        if getattr(wanted, name) != getattr(config, name)
+    ]
+    if "input_channel" in given and wanted.input_channel != config.input_channel and args.rgb:
+        differ = [d.replace("--input_channel", "--rgb: --input_channel") for d in differ]
+    if differ:
+        raise ValueError(
+            f"{source} records its own configuration (config.json), and these flags disagree with it: "
+            f"{'; '.join(differ)}. Leave them out (the model is read as it was trained), or, to change the charset, "
+            f"size or case mode, fine-tune it: scripts/train.py --saved_model {source} --FT with the new flags."
+        )
+
+
 def str2bool(value: str | bool) -> bool:
     """``--flag=False`` / ``--flag true`` / ``--flag 0`` as DTRB's fire-based scripts accepted them."""
     if isinstance(value, bool):
@@ -199,7 +236,8 @@ def train_configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, Data
     """``(ModelConfig, DataConfig, TrainConfig)`` from train.py's arguments.
 
     Without stage flags, a ``--saved_model`` folder or Hub id supplies the architecture, and the model flags given
-    (e.g. a new ``--character`` with ``--FT``) override it.
+    (e.g. a new ``--character`` with ``--FT``) override it. ``--sensitive`` alone keeps the model's own charset (it
+    never swaps in DTRB's 94 symbols behind a saved model's back).
     """
     model_config = model_config_from_args(args, require_stages=not args.saved_model)
     if model_config is None:
@@ -209,9 +247,14 @@ def train_configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, Data
         overrides = _model_values(args)
         if args.rgb:
             overrides["input_channel"] = 3
-        if args.sensitive and "character" not in overrides:
-            overrides["character"] = None  # --sensitive alone selects the 94-symbol set
-        model_config = ModelConfig(**{**base, **overrides})
+        model_config = ModelConfig(**{**base, **overrides})  # --sensitive alone keeps the model's own charset
+        if model_config.sensitive and not any(c.isupper() for c in model_config.character):
+            warnings.warn(
+                f"--sensitive with {args.saved_model!r}, whose charset has no upper-case letter: upper-case letters "
+                f"will be removed from the labels. To learn them, give the new charset with --character (e.g. "
+                f"94_full) and --FT.",
+                stacklevel=2,
+            )
     data_config = DataConfig(**{option.dest: getattr(args, option.dest) for option in DATA_OPTIONS})
     train_config = TrainConfig(**{option.dest: getattr(args, option.dest) for option in TRAIN_OPTIONS})
     return model_config, data_config, train_config

@@ -214,6 +214,30 @@ def parse_batch_ratio(batch_ratio: str | float | Sequence[float | str], num_sour
     return ratios
 
 
+#: ``TrainConfig.optimizer`` and ``TrainConfig.scheduler`` choices.
+OPTIMIZERS = ("adadelta", "adam", "adamw")
+SCHEDULERS = ("constant", "cosine", "onecycle", "linear")
+#: The model's stage attributes, the names ``--freeze`` takes.
+STAGE_ATTRIBUTES = ("Transformation", "FeatureExtraction", "SequenceModeling", "Prediction")
+
+
+def parse_stage_names(text: str | Sequence[str]) -> list[str]:
+    """``"FeatureExtraction-SequenceModeling"`` (or a list; snake_case and any case accepted) -> the stage names.
+
+    Raises:
+        ValueError: for an unknown stage, listing them.
+    """
+    names = text.replace(",", "-").split("-") if isinstance(text, str) else list(text)
+    by_key = {name.lower(): name for name in STAGE_ATTRIBUTES}
+    by_key.update({"transformation": "Transformation", "feature_extraction": "FeatureExtraction",
+                   "sequence_modeling": "SequenceModeling", "prediction": "Prediction"})  # fmt: skip
+    unknown = [name for name in names if name.strip().lower() not in by_key]
+    if unknown or not names:
+        raise ValueError(f"Unknown stage(s) {unknown} to freeze. The stages are: {', '.join(STAGE_ATTRIBUTES)} "
+                         f"(e.g. --freeze FeatureExtraction).")  # fmt: skip
+    return list(dict.fromkeys(by_key[name.strip().lower()] for name in names))
+
+
 @dataclass
 class DataConfig:
     """Where the training and validation data come from and how sources are mixed (DTRB's data flags).
@@ -228,6 +252,8 @@ class DataConfig:
     total_data_usage_ratio: float = option(1.0, help="fraction of each source used")
     data_filtering_off: bool = option(False, help="keep every sample (no length/charset filtering)")
     workers: int = option(4, help="data loading workers per process")
+    augment: bool = option(False, help="text-safe augmentation of the training images (geometric and photometric)")
+    augment_strength: float = option(0.5, help="largest augmentation magnitude, in (0, 1] (with --augment)")
 
     def __post_init__(self) -> None:
         if not self.train_data:
@@ -240,6 +266,8 @@ class DataConfig:
             raise ValueError(f"total_data_usage_ratio must be in (0, 1], got {self.total_data_usage_ratio}.")
         if self.workers < 0:
             raise ValueError(f"workers must be 0 or more, got {self.workers}.")
+        if not 0 < self.augment_strength <= 1:
+            raise ValueError(f"augment_strength must be in (0, 1] (0.5 is a good start), got {self.augment_strength}.")
 
 
 @dataclass
@@ -258,7 +286,19 @@ class TrainConfig:
     val_interval: int = option(2000, "--valInterval", "--val_interval", help="validate every N steps")
     saved_model: str = option("", help="start from a model folder, Hub id or DTRB .pth")
     ft: bool = option(False, "--FT", "--ft", help="fine-tune: load what fits from --saved_model, re-initialise the rest")
-    adam: bool = option(False, help="Adam instead of Adadelta")
+    adam: bool = option(False, help="Adam instead of Adadelta (DTRB's flag; the same as --optimizer adam)")
+    optimizer: str | None = option(None, help="adadelta | adam | adamw (default adadelta, DTRB's)")
+    weight_decay: float = option(0.0, help="weight decay (decoupled for adamw)")
+    scheduler: str = option("constant", help="learning-rate schedule: constant | cosine | onecycle | linear")
+    warmup_steps: int = option(0, help="steps of linear warm-up from 0 (onecycle: its rising phase)")
+    label_smoothing: float = option(0.0, help="label smoothing of the attention loss (Attn only)")
+    freeze: str | None = option(None, help="stages to freeze, '-'-separated, e.g. Transformation-FeatureExtraction")
+    early_stopping_patience: int | None = option(
+        None, help="stop after this many validations without a better accuracy"
+    )
+    ema_decay: float | None = option(
+        None, help="keep an exponential moving average of the weights (e.g. 0.999): it is validated and saved"
+    )
     lr: float = option(1.0, help="learning rate (1.0 for Adadelta; ~1e-3 with --adam)")
     beta1: float = option(0.9, help="Adam beta1")
     rho: float = option(0.95, help="Adadelta rho")
@@ -288,3 +328,23 @@ class TrainConfig:
             raise ValueError("--push_to_hub needs --hub_model_id (e.g. user/my-model).")
         if self.ft and not self.saved_model:
             raise ValueError("--FT fine-tunes a model: give it with --saved_model.")
+        if self.adam and self.optimizer not in (None, "adam"):
+            raise ValueError(f"--adam means --optimizer adam, but --optimizer {self.optimizer} was given.")
+        self.optimizer = self.optimizer or ("adam" if self.adam else "adadelta")
+        self.adam = self.optimizer == "adam"
+        choices = {"optimizer": OPTIMIZERS, "scheduler": SCHEDULERS}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"Unknown {name} {getattr(self, name)!r}. Choose one of: {', '.join(allowed)}.")
+        if self.weight_decay < 0 or self.warmup_steps < 0:
+            raise ValueError(f"weight_decay and warmup_steps must be >= 0, got {self.weight_decay}, {self.warmup_steps}.")
+        if self.warmup_steps >= self.num_iter and self.scheduler != "constant":
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) must be below num_iter ({self.num_iter}).")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}.")
+        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
+            raise ValueError(f"early_stopping_patience must be at least 1, got {self.early_stopping_patience}.")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in (0, 1), e.g. 0.999, got {self.ema_decay}.")
+        if self.freeze is not None:
+            self.freeze = "-".join(parse_stage_names(self.freeze))

@@ -5,6 +5,7 @@ failure cases, JSON results and model-card results."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import time
@@ -19,7 +20,7 @@ from torch.utils.data import DataLoader
 from .data.collate import SkipTracker, TextCollator
 from .data.loaders import TextData, filtered_sources
 from .data.mixing import MixedSources
-from .metrics import score
+from .metrics import Protocol, RecognitionMetrics
 from .model import TextRecognitionModel
 
 #: DTRB's ``--benchmark_all_eval`` folders, in its Table 1 order.
@@ -33,17 +34,44 @@ PAPER_DATASETS = ("IIIT5k_3000", "SVT", "IC03_867", "IC13_1015", "IC15_2077", "S
 
 
 class Record(NamedTuple):
-    ground_truth: str
+    ground_truth: str  # the label as DTRB's dataset returns it (cleaned for the charset and case mode)
     prediction: str
     confidence: float
     source: str
     index: int  # row of the sample in its stored source
+    stored_label: str = ""  # the label as stored in the dataset
+
+    def reference(self, protocol: Protocol) -> str:
+        """The ground truth the protocol compares: DTRB's cleaned label for ``dtrb``, the stored one otherwise."""
+        return self.ground_truth if protocol.uses_dtrb_labels else self.stored_label
 
 
-def score_records(records: list[Record], *, sensitive: bool = False, data_filtering_off: bool = False):
-    """``metrics.score`` of prediction records."""
-    return score([r.prediction for r in records], [r.ground_truth for r in records], [r.confidence for r in records],
-                 sensitive=sensitive, data_filtering_off=data_filtering_off)  # fmt: skip
+@dataclass
+class Scores:
+    """What ``RecognitionMetrics`` computes for a set of records, plus their mean confidence."""
+
+    accuracy: float
+    norm_ED: float
+    cer: float
+    num_samples: int
+    num_correct: int
+    accuracy_by_length: dict[str, dict[str, float]]
+    mean_confidence: float
+
+
+def score_records(records: list[Record], protocol: Protocol | None = None) -> Scores:
+    """Score prediction records under ``protocol`` (default ``dtrb``) with the ``RecognitionMetrics`` module."""
+    protocol = protocol or Protocol()
+    values = RecognitionMetrics().compute(
+        predictions=[r.prediction for r in records], references=[r.reference(protocol) for r in records],
+        protocol=protocol.name, sensitive=protocol.sensitive, data_filtering_off=protocol.data_filtering_off,
+    )  # fmt: skip
+    confidence = sum(r.confidence for r in records) / len(records) if records else 0.0
+    return Scores(**values, mean_confidence=confidence)
+
+
+def is_correct(record: Record, protocol: Protocol) -> bool:
+    return protocol.normalize(record.prediction) == protocol.normalize(record.reference(protocol))
 
 
 @torch.no_grad()
@@ -89,8 +117,10 @@ def predict_records(
         seconds += time.perf_counter() - start
         losses.append(float(model.loss(logits, targets.to(device), lengths, **(loss_kwargs or {}))))
         decoded = tokenizer.decode_with_confidence(logits)
-        for label, (text, confidence), (source, index) in zip(batch["labels"], decoded, batch["ids"]):
-            records.append(Record(label, text, confidence, source, index))
+        for label, stored, (text, confidence), (source, index) in zip(
+            batch["labels"], batch["stored_labels"], decoded, batch["ids"]
+        ):
+            records.append(Record(label, text, confidence, source, index, stored))
     model.train(was_training)
     return records, losses, seconds
 
@@ -112,6 +142,8 @@ class DatasetResult:
     mean_confidence: float
     ms_per_image: float
     failures: list[Record] = field(default_factory=list, repr=False)
+    cer: float = 0.0
+    accuracy_by_length: dict[str, dict[str, float]] = field(default_factory=dict, repr=False)
 
 
 @dataclass
@@ -121,6 +153,7 @@ class EvaluationReport:
     num_params: int
     batch_size: int
     ms_per_image_batch1: float | None
+    protocol: Protocol = field(default_factory=Protocol)
 
     @property
     def total_accuracy(self) -> float:
@@ -144,18 +177,20 @@ class EvaluationReport:
     def table(self) -> str:
         timing = f"ms/image (batch {self.batch_size})"
         lines = [
-            f"| dataset | samples | accuracy (%) | norm_ED | mean confidence | {timing} |",
-            "|---|---|---|---|---|---|",
+            f"Protocol: {self.protocol.description}",
+            "",
+            f"| dataset | samples | accuracy (%) | norm_ED | CER | mean confidence | {timing} |",
+            "|---|---|---|---|---|---|---|",
         ]
-        lines += [f"| {r.dataset} | {r.num_samples} | {r.accuracy:.3f} | {r.norm_ED:.4f} | {r.mean_confidence:.4f} | "
-                  f"{r.ms_per_image:.3f} |" for r in self.results]  # fmt: skip
+        lines += [f"| {r.dataset} | {r.num_samples} | {r.accuracy:.3f} | {r.norm_ED:.4f} | {r.cer:.4f} | "
+                  f"{r.mean_confidence:.4f} | {r.ms_per_image:.3f} |" for r in self.results]  # fmt: skip
         samples = sum(r.num_samples for r in self.results)
         if len(self.results) > 1:
             total = f"{self.total_accuracy:.3f}"
-            lines.append(f"| total, all {len(self.results)} sets (DTRB's code) | {samples} | {total} | | | |")
+            lines.append(f"| total, all {len(self.results)} sets (DTRB's code) | {samples} | {total} | | | | |")
         if self.total_accuracy_paper is not None:
             paper = sum(r.num_samples for r in self.results if r.dataset in PAPER_DATASETS)
-            lines.append(f"| total, the paper's 7 sets | {paper} | {self.total_accuracy_paper:.3f} | | | |")
+            lines.append(f"| total, the paper's 7 sets | {paper} | {self.total_accuracy_paper:.3f} | | | | |")
         lines.append("")
         if self.ms_per_image_batch1 is not None:
             lines.append(f"Latency at batch 1: {self.ms_per_image_batch1:.3f} ms/image. ")
@@ -166,13 +201,17 @@ class EvaluationReport:
         """DESIGN.md section 5's format, plus the batch size and the batch-1 latency."""
         return {
             "model": self.model,
+            "protocol": self.protocol.description,
             "datasets": {
                 r.dataset: {
+                    "protocol": self.protocol.description,
                     "num_samples": r.num_samples,
                     "accuracy": r.accuracy,
                     "norm_ED": r.norm_ED,
+                    "cer": r.cer,
                     "mean_confidence": r.mean_confidence,
                     "ms_per_image": r.ms_per_image,
+                    "accuracy_by_length": r.accuracy_by_length,
                 }
                 for r in self.results
             },  # fmt: skip
@@ -186,7 +225,8 @@ class EvaluationReport:
     def card_results(self) -> list[dict[str, Any]]:
         """The ``eval_results`` the model card (and its ``model-index``) take."""
         return [{"dataset": r.dataset, "num_samples": r.num_samples, "accuracy": r.accuracy, "norm_ED": r.norm_ED,
-                 "mean_confidence": r.mean_confidence} for r in self.results]  # fmt: skip
+                 "mean_confidence": r.mean_confidence, "protocol": self.protocol.description}
+                for r in self.results]  # fmt: skip
 
 
 def weighted_accuracy(results: list[DatasetResult]) -> float:
@@ -213,32 +253,46 @@ def evaluate(
     names: list[str] | None = None,
     batch_size: int = 192,
     num_workers: int = 0,
+    protocol: Protocol | str = "dtrb",
+    sensitive: bool = False,
     data_filtering_off: bool = False,
     timing_samples: int = 100,
     model_name: str | None = None,
 ) -> EvaluationReport:
-    """Evaluate ``model`` on each dataset under ``eval_data`` (or those in ``names``), as DTRB's ``test.py`` scores
-    it for the model's charset and case mode, with DTRB's filtering (or ``data_filtering_off``).
+    """Evaluate ``model`` on each dataset under ``eval_data`` (or those in ``names``).
+
+    Which samples load and how ``dtrb`` cleans ground truths follow DTRB's ``test.py`` for the evaluation flags
+    ``sensitive`` and ``data_filtering_off`` (labels lowercased unless ``sensitive``; DTRB's length and charset
+    filter, with the model's charset, unless ``data_filtering_off``), whatever the model's config says; the
+    comparison follows ``protocol`` (see ``metrics``).
 
     ``ms_per_image`` is the model's forward time per image at ``batch_size`` after one warm-up batch, the device
     synchronised; ``ms_per_image_batch1`` the same one image at a time over ``timing_samples`` images (0: skip).
+
+    Raises:
+        ValueError: an unknown protocol.
+        FileNotFoundError: ``eval_data`` missing, or a name in ``names`` that is not there.
     """
+    if not isinstance(protocol, Protocol):
+        protocol = Protocol(protocol, sensitive, data_filtering_off)
     device = next(model.parameters()).device
-    config = model.config
+    # DTRB's dataset rules for the evaluation flags: the model's charset and length, the flag's case mode.
+    data_rules = dataclasses.replace(model.config, sensitive=protocol.sensitive)
     sources_by_name = {name: (filtered, kept) for name, filtered, _, kept in
-                       filtered_sources(eval_data, "/", config, data_filtering_off)}  # fmt: skip
+                       filtered_sources(eval_data, "/", data_rules, protocol.data_filtering_off)}  # fmt: skip
     results, timing_data = [], None
     for name in _select(list(sources_by_name), names, eval_data):
         filtered, kept = sources_by_name[name]
         sources = MixedSources([(name, filtered, len(filtered), kept)])
-        data = TextData(sources, TextCollator(config, data_filtering_off), log="")
+        data = TextData(sources, TextCollator(data_rules, protocol.data_filtering_off), log="")
         records, _, seconds = predict_records(model, data, list(range(len(filtered))), batch_size, device=device,
                                               num_workers=num_workers, warmup=True)  # fmt: skip
-        scores = score_records(records, sensitive=config.sensitive, data_filtering_off=data_filtering_off)
-        failures = [r for r in records if not _correct(r, config.sensitive, data_filtering_off)]
+        scores = score_records(records, protocol)
+        failures = [r for r in records if not is_correct(r, protocol)]
         ms_per_image = 1000 * seconds / max(scores.num_samples, 1)
         results.append(DatasetResult(name, scores.num_samples, scores.accuracy, scores.norm_ED,
-                                     scores.mean_confidence, ms_per_image, failures))  # fmt: skip
+                                     scores.mean_confidence, ms_per_image, failures, scores.cer,
+                                     scores.accuracy_by_length))  # fmt: skip
         if timing_data is None and len(filtered):
             timing_data = data
     batch1 = None
@@ -246,11 +300,8 @@ def evaluate(
         count = min(timing_samples, len(timing_data.dataset))
         _, _, seconds = predict_records(model, timing_data, list(range(count)), 1, device=device, warmup=True)
         batch1 = 1000 * seconds / count
-    return EvaluationReport(model_name or config.stage_string, results, model.num_parameters, batch_size, batch1)
-
-
-def _correct(record: Record, sensitive: bool, data_filtering_off: bool) -> bool:
-    return score_records([record], sensitive=sensitive, data_filtering_off=data_filtering_off).num_correct == 1
+    return EvaluationReport(model_name or model.config.stage_string, results, model.num_parameters, batch_size,
+                            batch1, protocol)  # fmt: skip
 
 
 def dtrb_exp_name(saved_model: str) -> str:

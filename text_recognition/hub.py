@@ -122,7 +122,8 @@ def build_card(
 
 def eval_results_for_card(eval_results: list[dict[str, Any]]) -> list[EvalResult]:
     """``model-index`` entries of result dicts: one word-accuracy ``EvalResult`` per dataset, with its split
-    (``"test"`` unless the dict says otherwise; training's validation results say ``"validation"``)."""
+    (``"test"`` unless the dict says otherwise; training's validation results say ``"validation"``) and its
+    evaluation protocol as metric config (``"dtrb --sensitive --data_filtering_off"``, ``"alnum36"``, ...)."""
     return [
         EvalResult(
             task_type="image-to-text",
@@ -131,7 +132,8 @@ def eval_results_for_card(eval_results: list[dict[str, Any]]) -> list[EvalResult
             dataset_name=result["dataset"],
             dataset_split=result.get("split", "test"),
             metric_type="accuracy",
-            metric_name="Word accuracy",
+            metric_name=f"Word accuracy ({result.get('protocol') or 'dtrb'})",
+            metric_config=result.get("protocol") or "dtrb",
             metric_value=round(float(result["accuracy"]), 3),
         )
         for result in eval_results
@@ -164,9 +166,11 @@ def evaluation_section(eval_results: list[dict[str, Any]], extra_text: str = "")
     if not eval_results:
         return NO_RESULTS
     splits = sorted({r.get("split", "test") for r in eval_results})
-    text = (f"{results_markdown(eval_results)}\n\nWord accuracy and 1 - NED (ICDAR 2019 normalised edit distance) are "
-            f"computed as DTRB's `test.py` computes them, on the {' and '.join(splits)} split"
-            f"{'s' if len(splits) > 1 else ''}.")  # fmt: skip
+    protocols = sorted({r.get("protocol") or "dtrb" for r in eval_results})
+    text = (f"{results_markdown(eval_results)}\n\nWord accuracy and 1 - NED (ICDAR 2019 normalised edit distance) on "
+            f"the {' and '.join(splits)} split{'s' if len(splits) > 1 else ''}, under the evaluation protocol "
+            f"{', '.join(f'`{p}`' for p in protocols)} (`dtrb`: as DTRB's `test.py` computes them for those flags; "
+            f"`alnum36`: both sides lowercased and reduced to [0-9a-z]).")  # fmt: skip
     return text + (f"\n{extra_text}" if extra_text else "")
 
 
@@ -231,7 +235,7 @@ def card_with_results(
     new = eval_results_for_card(eval_results)
 
     def key(result: EvalResult) -> tuple:
-        return result.dataset_name, result.dataset_split, result.metric_type, result.dataset_config
+        return result.dataset_name, result.dataset_split, result.metric_type, result.metric_config
 
     replaced = {key(result) for result in new}
     kept = [result for result in card.data.eval_results or [] if key(result) not in replaced]

@@ -1,26 +1,47 @@
-"""Word accuracy and normalised edit distance exactly as DTRB's ``test.py`` computes them, as plain functions (used by
-the training loop) and as ``evaluate.Metric`` modules that work offline (``WordAccuracy()``,
-``NormalizedEditDistance()``: instantiate them directly; no Hub fetch).
+"""Recognition scores under named evaluation protocols, as plain functions and as ``evaluate.Metric`` modules that
+work offline (``WordAccuracy()``, ``NormalizedEditDistance()``, ``CharacterErrorRate()``: instantiate them directly;
+no Hub fetch). Evaluation and training's validation both score through ``RecognitionMetrics``.
 
-DTRB's rules:
+A model's charset and ``sensitive`` describe what it predicts; a protocol says how predictions and ground truths are
+compared, so that two published numbers can be compared:
+
+- ``dtrb`` (default): exactly DTRB's ``test.py`` for the evaluation flags given. The ground truth is DTRB's cleaned
+  label (lowercased unless ``--sensitive``, symbols outside the charset removed); with both ``--sensitive`` and
+  ``--data_filtering_off``, prediction and ground truth are lowercased and reduced to ``[0-9a-z]``.
+- ``alnum36``: both sides lowercased and reduced to ``[0-9a-z]``: the usual benchmark protocol.
+- ``alnum62``: both sides reduced to ``[0-9A-Za-z]``, case-sensitive.
+- ``printable94``: both sides reduced to DTRB's 94 printable ASCII symbols, case-sensitive.
+- ``raw``: Unicode NFC, otherwise exact.
+
+Every protocol but ``dtrb`` compares the labels as stored (the dataset's own spelling), never a label cleaned for the
+model's charset.
+
+The scores (DTRB's rules, applied after the protocol's normalisation):
 - accuracy: exact string match, in percent of the samples loaded;
 - norm_ED (ICDAR 2019 "1 - N.E.D."): per sample ``1 - ED(pred, gt) / max(len(gt), len(pred))``, and 0 when either
   string is empty (even when both are, which still counts as correct for accuracy); averaged over samples;
-- only with both ``sensitive`` and ``data_filtering_off``, prediction and ground truth are lowercased and stripped to
-  ``[0-9a-z]`` before comparing (case-insensitive alphanumeric evaluation of a case-sensitive model).
+- CER: the summed edit distances over the summed ground-truth lengths (a prediction for an empty ground truth
+  counts its length as errors).
 """
 
 from __future__ import annotations
 
 import re
+import string
+import unicodedata
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import datasets
 import evaluate
 from rapidfuzz.distance import Levenshtein
 
 _NON_ALNUM = re.compile(r"[^0-9a-z]")
+_NON_ALNUM62 = re.compile(r"[^0-9A-Za-z]")
+_PRINTABLE94 = frozenset(string.printable[:-6])
+
+#: The protocol names ``--protocol`` accepts.
+PROTOCOLS = ("dtrb", "alnum36", "alnum62", "printable94", "raw")
 
 
 def alphanumeric_lowercase(text: str) -> str:
@@ -29,7 +50,59 @@ def alphanumeric_lowercase(text: str) -> str:
 
 
 def normalize_for_eval(text: str, sensitive: bool, data_filtering_off: bool) -> str:
+    """DTRB's ``test.py`` comparison form of an (already cleaned) label or prediction."""
     return alphanumeric_lowercase(text) if sensitive and data_filtering_off else text
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How predictions and ground truths are compared.
+
+    Args:
+        name: one of ``PROTOCOLS``.
+        sensitive, data_filtering_off: DTRB's evaluation flags; they parametrise ``dtrb`` (and, for every
+            protocol, which samples load and how ``dtrb`` cleans ground truths).
+
+    Raises:
+        ValueError: for an unknown name, listing the protocols.
+    """
+
+    name: str = "dtrb"
+    sensitive: bool = False
+    data_filtering_off: bool = False
+
+    def __post_init__(self) -> None:
+        if self.name not in PROTOCOLS:
+            raise ValueError(
+                f"Unknown evaluation protocol {self.name!r}. Choose one of: {', '.join(PROTOCOLS)} (dtrb: DTRB's "
+                f"test.py for --sensitive/--data_filtering_off; alnum36: lowercase [0-9a-z]; alnum62: [0-9A-Za-z]; "
+                f"printable94: DTRB's 94 symbols; raw: exact after Unicode NFC)."
+            )
+
+    @property
+    def uses_dtrb_labels(self) -> bool:
+        """``dtrb`` compares DTRB's cleaned labels; the others compare the labels as stored."""
+        return self.name == "dtrb"
+
+    @property
+    def description(self) -> str:
+        """``"dtrb --sensitive --data_filtering_off"``, ``"alnum36"``: what a table or card says."""
+        if self.name != "dtrb":
+            return self.name
+        flags = [flag for flag, on in (("--sensitive", self.sensitive), ("--data_filtering_off",
+                                                                          self.data_filtering_off)) if on]  # fmt: skip
+        return " ".join(["dtrb", *flags])
+
+    def normalize(self, text: str) -> str:
+        if self.name == "dtrb":
+            return normalize_for_eval(text, self.sensitive, self.data_filtering_off)
+        if self.name == "alnum36":
+            return alphanumeric_lowercase(text)
+        if self.name == "alnum62":
+            return _NON_ALNUM62.sub("", text)
+        if self.name == "printable94":
+            return "".join(c for c in text if c in _PRINTABLE94)
+        return unicodedata.normalize("NFC", text)
 
 
 def sample_norm_ed(prediction: str, ground_truth: str) -> float:
@@ -45,6 +118,9 @@ class RecognitionScores:
     num_correct: int
     norm_ED_sum: float
     confidence_sum: float
+    edit_distance_sum: int = 0
+    reference_chars: int = 0
+    by_length: dict[int, list[int]] = field(default_factory=dict)  # ground-truth length -> [samples, correct]
 
     @property
     def accuracy(self) -> float:
@@ -59,27 +135,50 @@ class RecognitionScores:
     def mean_confidence(self) -> float:
         return self.confidence_sum / self.num_samples if self.num_samples else 0.0
 
+    @property
+    def cer(self) -> float:
+        """Character error rate: edit operations per ground-truth character (can exceed 1)."""
+        if self.reference_chars:
+            return self.edit_distance_sum / self.reference_chars
+        return 0.0 if not self.edit_distance_sum else float("inf")
+
+    def accuracy_by_length(self) -> dict[str, dict[str, float]]:
+        """``{"5": {"num_samples": 120, "accuracy": 91.7}, ...}`` by ground-truth length (after normalisation)."""
+        return {str(length): {"num_samples": n, "accuracy": 100.0 * correct / n}
+                for length, (n, correct) in sorted(self.by_length.items())}  # fmt: skip
+
 
 def score(
     predictions: Sequence[str],
     references: Sequence[str],
     confidences: Sequence[float] | None = None,
     *,
+    protocol: Protocol | str | None = None,
     sensitive: bool = False,
     data_filtering_off: bool = False,
 ) -> RecognitionScores:
-    """Accuracy, norm_ED and mean confidence of predictions against references, with DTRB's rules."""
+    """Accuracy, norm_ED, CER, accuracy by length and mean confidence of predictions against references.
+
+    Args:
+        protocol: a ``Protocol`` or its name; default ``dtrb`` with ``sensitive`` and ``data_filtering_off``.
+    """
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references.")
-    correct, ned = 0, 0.0
+    if not isinstance(protocol, Protocol):
+        protocol = Protocol(protocol or "dtrb", sensitive, data_filtering_off)
+    result = RecognitionScores(len(references), 0, 0.0, 0.0)
     for prediction, reference in zip(predictions, references):
-        prediction = normalize_for_eval(prediction, sensitive, data_filtering_off)
-        reference = normalize_for_eval(reference, sensitive, data_filtering_off)
-        correct += prediction == reference
-        ned += sample_norm_ed(prediction, reference)
-    confidence = float(sum(confidences)) if confidences is not None else 0.0
-    return RecognitionScores(len(references), correct, ned, confidence)
-
+        prediction, reference = protocol.normalize(prediction), protocol.normalize(reference)
+        correct = prediction == reference
+        result.num_correct += correct
+        result.norm_ED_sum += sample_norm_ed(prediction, reference)
+        result.edit_distance_sum += Levenshtein.distance(prediction, reference)
+        result.reference_chars += len(reference)
+        counts = result.by_length.setdefault(len(reference), [0, 0])
+        counts[0] += 1
+        counts[1] += correct
+    result.confidence_sum = float(sum(confidences)) if confidences is not None else 0.0
+    return result
 
 
 # ---- the same rules as evaluate.Metric modules -------------------------------------------------------------------
@@ -89,36 +188,61 @@ _INPUTS = """
 Args:
     predictions: recognised texts (attention predictions already cut at the end token).
     references: ground-truth texts.
-    sensitive, data_filtering_off: DTRB's flags; with both set the comparison is case-insensitive alphanumeric.
+    protocol: dtrb (default), alnum36, alnum62, printable94 or raw.
+    sensitive, data_filtering_off: DTRB's flags; under dtrb, with both set the comparison is case-insensitive
+        alphanumeric.
 """
 
 
-class _DTRBMetric(evaluate.Metric):
-    """One value of ``score`` as an ``evaluate.Metric``; subclasses name the value and describe it."""
+class _RecognitionMetric(evaluate.Metric):
+    """``score`` as an ``evaluate.Metric``; subclasses name the values they return."""
 
-    key: str
+    keys: tuple[str, ...]
     description: str
     citation = "Baek et al., What Is Wrong With Scene Text Recognition Model Comparisons?, ICCV 2019."
+
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault("keep_in_memory", True)  # no cache file: several processes may score at once
+        super().__init__(**kwargs)
 
     def _info(self) -> evaluate.MetricInfo:
         return evaluate.MetricInfo(
             description=self.description, citation=self.citation, inputs_description=_INPUTS, features=_FEATURES
         )
 
-    def _compute(self, predictions, references, sensitive: bool = False, data_filtering_off: bool = False):
-        result = score(predictions, references, sensitive=sensitive, data_filtering_off=data_filtering_off)
-        return {self.key: getattr(result, self.key)}
+    def _compute(self, predictions, references, protocol: str = "dtrb", sensitive: bool = False,
+                 data_filtering_off: bool = False):  # fmt: skip
+        result = score(predictions, references, protocol=Protocol(protocol, sensitive, data_filtering_off))
+        values = {"accuracy": result.accuracy, "norm_ED": result.norm_ED, "cer": result.cer,
+                  "num_samples": result.num_samples, "num_correct": result.num_correct,
+                  "accuracy_by_length": result.accuracy_by_length()}  # fmt: skip
+        return {key: values[key] for key in self.keys}
 
 
-class WordAccuracy(_DTRBMetric):
-    """Word accuracy in percent, DTRB's ``test.py`` rule; ``WordAccuracy().compute(predictions=, references=)``."""
+class WordAccuracy(_RecognitionMetric):
+    """Word accuracy in percent; ``WordAccuracy().compute(predictions=, references=, protocol="alnum36")``."""
 
-    key = "accuracy"
-    description = "Scene-text word accuracy (percent of exact matches), as DTRB's test.py computes it."
+    keys = ("accuracy",)
+    description = "Scene-text word accuracy (percent of exact matches after the protocol's normalisation)."
 
 
-class NormalizedEditDistance(_DTRBMetric):
-    """ICDAR 2019 1 - N.E.D. in [0, 1] (higher is better), DTRB's ``test.py`` rule, empty strings scoring 0."""
+class NormalizedEditDistance(_RecognitionMetric):
+    """ICDAR 2019 1 - N.E.D. in [0, 1] (higher is better), DTRB's rule, empty strings scoring 0."""
 
-    key = "norm_ED"
+    keys = ("norm_ED",)
     description = "Mean of 1 - ED / max(len(gt), len(pred)) per sample (0 for empty strings), as DTRB."
+
+
+class CharacterErrorRate(_RecognitionMetric):
+    """Edit operations per ground-truth character (lower is better)."""
+
+    keys = ("cer",)
+    description = "Summed Levenshtein distances over summed ground-truth lengths."
+
+
+class RecognitionMetrics(_RecognitionMetric):
+    """Every score at once (what evaluation and validation call): accuracy, norm_ED, CER, counts, accuracy by
+    ground-truth length."""
+
+    keys = ("accuracy", "norm_ED", "cer", "num_samples", "num_correct", "accuracy_by_length")
+    description = "Word accuracy, 1 - N.E.D., CER and accuracy by label length of scene-text recognition."

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -17,10 +18,27 @@ from .config import ModelConfig
 from .checkpoints import check_state_dict, read_dtrb_state_dict, verify_tps_buffers
 from .hub import build_card, is_repo_id, load_model_card_template
 from .registry import build_stage
-from .tokenizer import build_tokenizer
+from .tokenizer import BLANK_ID, EOS_ID, build_tokenizer
 from .transforms import ImageInput, preprocess
 
 SAFETENSORS_NAME = "model.safetensors"
+
+
+class CharsetChange(NamedTuple):
+    """What ``resize_charset`` did: the symbols that kept their learned rows, the new ones, the removed ones."""
+
+    kept: str
+    added: str
+    removed: str
+
+    def __str__(self) -> str:
+        return (f"kept {len(self.kept)} symbols, added {len(self.added)} ({self.added!r}), removed "
+                f"{len(self.removed)} ({self.removed!r})")  # fmt: skip
+
+
+#: How far below the reference class (CTC blank, attention ``[s]``) a new symbol's logit starts: never the argmax,
+#: so old predictions stay as they were, and near enough to be learned quickly.
+NEW_SYMBOL_MARGIN = 10.0
 
 
 class Recognition(NamedTuple):
@@ -120,6 +138,47 @@ class TextRecognitionModel(
         """
         self.encode = torch.compile(self.encode, **kwargs)  # type: ignore[method-assign]
         return self
+
+    @torch.no_grad()
+    def resize_charset(self, character: str) -> CharsetChange:
+        """Change the charset in place, keeping what was learned.
+
+        Every symbol in both charsets keeps its learned rows: the CTC head's rows, or, for attention, the generator's
+        rows and the attention cell's one-hot input columns. A new symbol's head row is the reference class's row
+        (the CTC blank, the attention ``[s]``) with its bias lowered by ``NEW_SYMBOL_MARGIN``: its logit is always
+        below the reference's, so it is never the argmax and greedy predictions of inputs without it do not change
+        (confidences change by at most ``len(added) * exp(-10)`` relative). Its attention input column is the mean of
+        the old symbols' columns. Removed symbols' rows are dropped. ``config`` and ``tokenizer`` follow.
+
+        Args:
+            character: the new charset (or a preset name, ``"94_full"``).
+
+        Returns:
+            ``CharsetChange(kept, added, removed)``.
+
+        Raises:
+            ValueError: an invalid charset (empty, duplicates).
+        """
+        new_config = dataclasses.replace(self.config, character=character)
+        new_tokenizer = build_tokenizer(new_config)
+        old_ids = {token: i for i, token in enumerate(self.tokenizer.tokens)}
+        sources = [old_ids.get(token) for token in new_tokenizer.tokens]  # None: a new symbol
+        reference = BLANK_ID if self.config.prediction == "CTC" else EOS_ID
+        head = self.Prediction if self.config.prediction == "CTC" else self.Prediction.generator
+        _resize_rows(head, sources, reference)
+        if self.config.prediction == "Attn":
+            old_symbols = [i for i in range(len(self.tokenizer.special_tokens), len(self.tokenizer.tokens))]
+            _resize_onehot_columns(self.Prediction.attention_cell.rnn, self.Prediction.num_classes, sources,
+                                   old_symbols)  # fmt: skip
+            self.Prediction.num_classes = len(sources)
+        change = CharsetChange(
+            kept="".join(c for c in new_config.character if c in self.config.character),
+            added="".join(c for c in new_config.character if c not in self.config.character),
+            removed="".join(c for c in self.config.character if c not in new_config.character),
+        )
+        self.config = self._hub_mixin_config = new_config  # config.json is written from the mixin's copy
+        self.tokenizer = new_tokenizer
+        return change
 
     @torch.inference_mode()
     def recognize(self, images: ImageInput | Sequence[ImageInput], batch_size: int = 64) -> list[Recognition]:
@@ -244,6 +303,29 @@ class TextRecognitionModel(
 
     def __repr__(self) -> str:
         return f"TextRecognitionModel({self.config.stage_string}, {self.num_parameters:,} parameters)"
+
+
+def _resize_rows(linear: nn.Linear, sources: list[int | None], reference: int) -> None:
+    """Rows of ``linear`` taken from ``sources`` (old row ids); ``None`` rows copy ``reference`` with a lower bias."""
+    index = torch.tensor([reference if k is None else k for k in sources], device=linear.weight.device)
+    weight, bias = linear.weight[index].clone(), linear.bias[index].clone()
+    added = torch.tensor([k is None for k in sources], device=bias.device)
+    bias[added] -= NEW_SYMBOL_MARGIN
+    linear.weight = nn.Parameter(weight, requires_grad=linear.weight.requires_grad)
+    linear.bias = nn.Parameter(bias, requires_grad=linear.bias.requires_grad)
+    linear.out_features = len(sources)
+
+
+def _resize_onehot_columns(cell: nn.LSTMCell, num_classes: int, sources: list[int | None], old_symbols: list[int]):
+    """The LSTM cell's input columns for the one-hot characters (the last ``num_classes`` of ``weight_ih``)."""
+    context = cell.input_size - num_classes
+    weight = cell.weight_ih
+    onehot = weight[:, context:]
+    mean = onehot[:, old_symbols].mean(dim=1, keepdim=True)
+    columns = [mean if k is None else onehot[:, k : k + 1] for k in sources]
+    resized = torch.cat([weight[:, :context], *columns], dim=1).clone()
+    cell.weight_ih = nn.Parameter(resized, requires_grad=weight.requires_grad)
+    cell.input_size = context + len(sources)
 
 
 def expected_sequence_length(config: ModelConfig) -> int:

@@ -9,7 +9,10 @@ resuming at step k continues exactly as an uninterrupted run would.
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import json
+import math
 import logging
 import shutil
 import tempfile
@@ -25,10 +28,12 @@ from accelerate.utils import gather_object, set_seed
 from torch.utils.data import DataLoader
 
 from .checkpoints import check_state_dict, read_dtrb_state_dict
-from .config import DataConfig, ModelConfig, TrainConfig, parse_select_data
+from .augment import TextAugment
+from .config import DataConfig, ModelConfig, TrainConfig, parse_select_data, parse_stage_names
 from .data.collate import SkipTracker
 from .data.loaders import TextData, build_eval_data, build_train_data
 from .evaluation import predict_records, score_records
+from .metrics import Protocol
 from .model import TextRecognitionModel, load_model
 from .progress import progress
 
@@ -42,19 +47,92 @@ CHECKPOINT_PREFIX = "checkpoint-"
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """DTRB's optimizers: Adadelta(lr, rho, eps) by default, Adam(lr, (beta1, 0.999)) with ``adam``."""
+    """DTRB's optimizers, Adadelta(lr, rho, eps) by default and Adam(lr, (beta1, 0.999)) with ``--adam``, plus AdamW;
+    ``weight_decay`` for each (0, DTRB's, by default). Frozen parameters are left out."""
     params = [p for p in model.parameters() if p.requires_grad]
-    if config.adam:
-        return torch.optim.Adam(params, lr=config.lr, betas=(config.beta1, 0.999))
-    return torch.optim.Adadelta(params, lr=config.lr, rho=config.rho, eps=config.eps)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, betas=(config.beta1, 0.999), weight_decay=config.weight_decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, betas=(config.beta1, 0.999), weight_decay=config.weight_decay)
+    return torch.optim.Adadelta(params, lr=config.lr, rho=config.rho, eps=config.eps, weight_decay=config.weight_decay)
 
 
-def load_saved_state(saved_model: str) -> dict[str, torch.Tensor]:
-    """The weights of ``--saved_model``: a model folder, a Hub id or a DTRB .pth."""
+def lr_factor(step: int, config: TrainConfig) -> float:
+    """The multiple of ``lr`` at optimizer step ``step`` (0-based): a linear warm-up from 0 over ``warmup_steps``,
+    then ``constant``, ``linear`` decay to 0, ``cosine`` decay to 0, or ``onecycle`` (a cosine rise from lr/25 over
+    the warm-up, or the first 30 % without one, then a cosine fall to lr/10^4, as torch's OneCycleLR)."""
+    total, warmup = config.num_iter, config.warmup_steps
+    if config.scheduler == "onecycle":  # torch's OneCycleLR(pct_start=rise / total, cycle_momentum=False)
+        peak = (warmup or max(2, int(0.3 * total))) - 1  # the step at which lr peaks
+        start, end = 1 / 25, 1 / 25e4
+        if step <= peak:
+            return start + (1 - start) * (1 - math.cos(math.pi * step / peak)) / 2
+        progress = min((step - peak) / max(total - 1 - peak, 1), 1.0)
+        return end + (1 - end) * (1 + math.cos(math.pi * progress)) / 2
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+    if config.scheduler == "linear":
+        return 1.0 - progress
+    if config.scheduler == "cosine":
+        return (1 + math.cos(math.pi * progress)) / 2
+    return 1.0
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    """``lr_factor`` as a ``LambdaLR``, stepped once per optimizer step (not prepared by Accelerate, which would step
+    it once per process)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
+
+
+def freeze_stages(model: TextRecognitionModel, stages: str | None) -> list[torch.nn.Module]:
+    """``--freeze``: no gradient for those stages' parameters, and their BatchNorm statistics kept (the stages stay
+    in eval mode; ``optimizer_step`` re-applies it after each validation). Returns the frozen modules."""
+    frozen = [getattr(model, name) for name in parse_stage_names(stages)] if stages else []
+    for module in frozen:
+        module.requires_grad_(False)
+        module.eval()
+    return frozen
+
+
+class EMA:
+    """An exponential moving average of a model's weights (``ema = decay * ema + (1 - decay) * weights`` after each
+    optimizer step; buffers are copied). It is what validation scores and ``best_*`` folders save, and its state is
+    saved in every checkpoint."""
+
+    def __init__(self, model: TextRecognitionModel, decay: float) -> None:
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        own = dict(self.model.named_parameters())
+        names = [name for name, _ in model.named_parameters()]
+        ema_params = [own[name] for name in names]
+        torch._foreach_lerp_(ema_params, [p.detach().to(e.dtype) for p, e in zip(model.parameters(), ema_params)],
+                             1.0 - self.decay)  # fmt: skip
+        for (name, buffer), ema_buffer in zip(model.named_buffers(), self.model.buffers()):
+            ema_buffer.copy_(buffer)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.model.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state)
+
+
+def load_saved_model(saved_model: str) -> tuple[dict[str, torch.Tensor], TextRecognitionModel | None]:
+    """The weights of ``--saved_model`` (a model folder, a Hub id or a DTRB .pth), and the model itself when it
+    records its configuration (not a .pth)."""
     path = Path(saved_model)
     if path.is_file():
-        return read_dtrb_state_dict(path)
-    return load_model(saved_model).state_dict()
+        return read_dtrb_state_dict(path), None
+    model = load_model(saved_model)
+    return model.state_dict(), model
+
+
+def only_charset_differs(saved: ModelConfig, wanted: ModelConfig) -> bool:
+    return dataclasses.replace(saved, character=wanted.character, sensitive=wanted.sensitive) == wanted
 
 
 def load_fitting_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> list[str]:
@@ -78,6 +156,8 @@ class TrainState:
     best_norm_ED: float = -1.0
     elapsed: float = 0.0
     skipped: dict[str, int] = field(default_factory=dict)
+    validations_without_gain: int = 0
+    stopped_early: bool = False
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -170,7 +250,7 @@ def evaluate_model(
     )  # fmt: skip
     gathered_records = gather_object(records) if accelerator.num_processes > 1 else records
     gathered_losses = gather_object(losses) if accelerator.num_processes > 1 else losses
-    result = score_records(gathered_records, sensitive=sensitive, data_filtering_off=data_filtering_off)
+    result = score_records(gathered_records, Protocol("dtrb", sensitive, data_filtering_off))
     return Validation(
         loss=sum(gathered_losses) / len(gathered_losses) if gathered_losses else 0.0,
         accuracy=result.accuracy,
@@ -284,6 +364,9 @@ class Run:
     train_data: TextData | None = None
     valid_data: TextData | None = None
     batches: Iterator[dict[str, Any]] | None = None
+    scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
+    ema: EMA | None = None
+    frozen: list[torch.nn.Module] = field(default_factory=list)
     skips: SkipTracker = field(default_factory=SkipTracker)
     pusher: _Pusher | None = None
     meter: Throughput = field(default_factory=lambda: Throughput())
@@ -300,6 +383,17 @@ class Run:
     @property
     def unwrapped(self) -> TextRecognitionModel:
         return self.accelerator.unwrap_model(self.model)
+
+    @property
+    def evaluated(self) -> TextRecognitionModel:
+        """What validation scores and ``best_*`` saves: the EMA weights when ``--ema_decay`` is on."""
+        return self.ema.model if self.ema is not None else self.unwrapped
+
+    @property
+    def loss_kwargs(self) -> dict[str, Any]:
+        if self.model_config.prediction == "Attn":
+            return {"label_smoothing": self.train_config.label_smoothing} if self.train_config.label_smoothing else {}
+        return {"baidu": True} if self.train_config.baidu_ctc else {}
 
     @property
     def total_batch_size(self) -> int:
@@ -360,7 +454,7 @@ def train(model_config: ModelConfig, data_config: DataConfig, train_config: Trai
                    disable=not run.accelerator.is_local_main_process, every=train_config.log_interval)  # fmt: skip
     run.meter = Throughput()
     start_time = time.perf_counter() - run.state.elapsed
-    while run.state.iteration < train_config.num_iter:
+    while run.state.iteration < train_config.num_iter and not run.state.stopped_early:
         optimizer_step(run)
         run.state.iteration += 1
         log_step(run, bar)
@@ -403,17 +497,31 @@ def build_model_and_optimizer(run: Run) -> None:
     model.init_weights()
     reinitialised: list[str] = []
     if train_config.saved_model:
-        state_dict = load_saved_state(train_config.saved_model)
-        if train_config.ft:
+        state_dict, saved = load_saved_model(train_config.saved_model)
+        if train_config.ft and saved is not None and only_charset_differs(saved.config, config):
+            model = saved  # every symbol in both charsets keeps its learned rows
+            change = model.resize_charset(config.character)
+            model.config = model._hub_mixin_config = config
+            if run.main and (change.added or change.removed):
+                run.accelerator.print(f"--FT: charset resized, {change}")
+        elif train_config.ft:
             reinitialised = load_fitting_weights(model, state_dict)
         else:
             model.load_state_dict(check_state_dict(model, state_dict, config, repr(train_config.saved_model)))
     model.train()
+    run.frozen = freeze_stages(model, train_config.freeze)
+    if train_config.label_smoothing and config.prediction != "Attn":
+        raise ValueError("--label_smoothing applies to the attention loss: it needs --Prediction Attn.")
     if reinitialised and run.main:
         run.accelerator.print(f"--FT: re-initialised {len(reinitialised)} tensors that did not fit: "
                               + ", ".join(reinitialised))  # fmt: skip
     resume_dir = resume_checkpoint(train_config, run.checkpoints_dir, run.main)
     run.model, run.optimizer = run.accelerator.prepare(model, build_optimizer(model, train_config))
+    run.scheduler = build_scheduler(run.optimizer, train_config)
+    run.accelerator.register_for_checkpointing(run.scheduler)
+    if train_config.ema_decay is not None:
+        run.ema = EMA(run.unwrapped, train_config.ema_decay)
+        run.accelerator.register_for_checkpointing(run.ema)
     if resume_dir is not None:
         run.accelerator.load_state(str(resume_dir))
         run.state.load_state_dict(json.loads((resume_dir / "train_state.json").read_text()))
@@ -446,6 +554,7 @@ def build_data(run: Run) -> None:
             batch_size=train_config.batch_size, data_filtering_off=data_config.data_filtering_off,
             seed=train_config.seed, rank=accelerator.process_index, world_size=accelerator.num_processes,
             start_iteration=run.state.iteration * train_config.gradient_accumulation_steps,
+            augment=TextAugment(data_config.augment_strength, seed=train_config.seed) if data_config.augment else None,
         )  # fmt: skip
         run.valid_data = build_eval_data(data_config.valid_data, run.model_config,
                                          data_filtering_off=data_config.data_filtering_off)  # fmt: skip
@@ -491,7 +600,8 @@ def optimizer_step(run: Run) -> None:
     """One optimizer step: ``gradient_accumulation_steps`` batches forward and backward, clipping, the update."""
     accelerator, model, config = run.accelerator, run.model, run.model_config
     tokenizer = run.unwrapped.tokenizer
-    loss_kwargs = {"baidu": True} if run.train_config.baidu_ctc else {}
+    for module in run.frozen:  # validation put the model back in train mode
+        module.eval()
     for _ in range(run.train_config.gradient_accumulation_steps):
         batch = next(run.batches)
         run.skips.update(batch["skipped"])
@@ -503,13 +613,16 @@ def optimizer_step(run: Run) -> None:
         with accelerator.accumulate(model):
             with accelerator.autocast():
                 logits = model(images, targets if config.prediction == "Attn" else None)
-            loss = run.unwrapped.loss(logits, targets, lengths, **loss_kwargs)
+            loss = run.unwrapped.loss(logits, targets, lengths, **run.loss_kwargs)
             accelerator.backward(loss)
             if accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(model.parameters(), run.train_config.grad_clip)
             run.optimizer.step()
             run.optimizer.zero_grad(set_to_none=True)
         run.meter.add(float(loss.detach()), len(batch["labels"]))
+    run.scheduler.step()
+    if run.ema is not None:
+        run.ema.update(run.unwrapped)
 
 
 def log_step(run: Run, bar: Any) -> None:
@@ -533,14 +646,20 @@ def validate_and_save_bests(run: Run, bar: Any, elapsed: float) -> None:
     """DTRB's validation: log it, save ``best_accuracy/`` and ``best_norm_ED/`` when they improve, push the best."""
     state, train_config = run.state, run.train_config
     valid = evaluate_model(
-        run.model, run.valid_data, run.accelerator, train_config.batch_size, num_workers=run.data_config.workers,
+        run.evaluated, run.valid_data, run.accelerator, train_config.batch_size, num_workers=run.data_config.workers,
         sensitive=run.model_config.sensitive, data_filtering_off=run.data_config.data_filtering_off,
-        baidu_ctc=train_config.baidu_ctc, skips=run.skips,
+        baidu_ctc=train_config.baidu_ctc and run.model_config.prediction == "CTC", skips=run.skips,
     )  # fmt: skip
     run.last_valid = valid
     improved_accuracy, improved_ned = valid.accuracy > state.best_accuracy, valid.norm_ED > state.best_norm_ED
     state.best_accuracy = max(state.best_accuracy, valid.accuracy)
     state.best_norm_ED = max(state.best_norm_ED, valid.norm_ED)
+    state.validations_without_gain = 0 if improved_accuracy else state.validations_without_gain + 1
+    patience = train_config.early_stopping_patience
+    if patience is not None and state.validations_without_gain >= patience:
+        state.stopped_early = True
+        run.accelerator.print(f"early stopping at iteration {state.iteration}: no better accuracy in {patience} "
+                              f"validation(s); the best is {state.best_accuracy:.3f}")  # fmt: skip
     if run.main:
         log = format_validation_log(state.iteration, train_config.num_iter, run.meter.train_loss, valid, elapsed, state)
         bar.write(log)
@@ -548,12 +667,12 @@ def validate_and_save_bests(run: Run, bar: Any, elapsed: float) -> None:
             log_train.write(log + "\n")
         card = card_kwargs(run, valid)
         if improved_accuracy:
-            save_model_folder(run.unwrapped, run.run_dir / "best_accuracy", card)
+            save_model_folder(run.evaluated, run.run_dir / "best_accuracy", card)
             if run.pusher is not None:
                 run.pusher.push(run.run_dir / "best_accuracy",
                                 f"best accuracy {valid.accuracy:.3f} at iteration {state.iteration}")  # fmt: skip
         if improved_ned:
-            save_model_folder(run.unwrapped, run.run_dir / "best_norm_ED", card)
+            save_model_folder(run.evaluated, run.run_dir / "best_norm_ED", card)
     run.accelerator.log({"valid/loss": valid.loss, "valid/accuracy": valid.accuracy, "valid/norm_ED": valid.norm_ED,
                          "valid/mean_confidence": valid.mean_confidence}, step=state.iteration)  # fmt: skip
     run.meter.loss_sum, run.meter.loss_count = 0.0, 0
@@ -564,7 +683,8 @@ def card_kwargs(run: Run, valid: Validation) -> dict[str, Any]:
     data_config, train_config = run.data_config, run.train_config
     result = {"dataset": "validation", "dataset_type": data_config.valid_data, "split": "validation",
               "num_samples": valid.num_samples, "accuracy": valid.accuracy, "norm_ED": valid.norm_ED,
-              "mean_confidence": valid.mean_confidence}  # fmt: skip
+              "mean_confidence": valid.mean_confidence,
+              "protocol": Protocol("dtrb", run.model_config.sensitive, data_config.data_filtering_off).description}  # fmt: skip
     training = {
         "train_data": data_config.train_data, "valid_data": data_config.valid_data,
         "select_data": data_config.select_data, "batch_ratio": data_config.batch_ratio,
@@ -586,6 +706,7 @@ def finish(run: Run, runtime: float) -> dict[str, Any]:
     last, state = run.last_valid, run.state
     results = {
         "iterations": state.iteration,
+        "stopped_early": state.stopped_early,
         "best_accuracy": state.best_accuracy,
         "best_norm_ED": state.best_norm_ED,
         "final_accuracy": last.accuracy if last else None,

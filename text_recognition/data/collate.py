@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import logging
+import zlib
 from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 from PIL import Image
 
+from ..augment import TextAugment
 from ..transforms import align_batch
 from .labels import LabelRules
 
@@ -75,18 +77,21 @@ def decode_image(data: Any, mode: str) -> Image.Image:
 class TextCollator:
     """Rows ``{"image": bytes, "label": raw label, "source": name, "index": int}`` -> a training batch.
 
-    Returns ``{"pixel_values": [B, C, H, W], "labels": list[str], "ids": list[(source, index)],
-    "skipped": list[SkippedSample]}``: labels are cleaned as DTRB does at load time (lowercased unless sensitive,
+    Returns ``{"pixel_values": [B, C, H, W], "labels": list[str], "stored_labels": list[str],
+    "ids": list[(source, index)], "skipped": list[SkippedSample]}``: labels are cleaned as DTRB does at load time (lowercased unless sensitive,
     out-of-charset symbols removed); an image that cannot be decoded is left out of the batch and reported in
-    ``skipped``.
+    ``skipped``. With ``augment``, each decoded image is augmented before the resize (training only).
     """
 
-    def __init__(self, config: ModelConfig, data_filtering_off: bool = False) -> None:
+    def __init__(
+        self, config: ModelConfig, data_filtering_off: bool = False, augment: TextAugment | None = None
+    ) -> None:
         self.align = AlignCollate(config.img_h, config.img_w, config.pad, config.input_channel)
         self.rules = LabelRules(config.character, config.batch_max_length, config.sensitive, data_filtering_off)
+        self.augment = augment
 
     def __call__(self, rows: Sequence[dict]) -> dict[str, Any]:
-        items, ids, skipped = [], [], []
+        items, ids, stored, skipped = [], [], [], []
         for row in rows:
             source, index = row.get("source", "?"), row.get("index", -1)
             try:
@@ -94,10 +99,14 @@ class TextCollator:
             except Exception as error:  # any decoding failure means "corrupt image"
                 skipped.append(SkippedSample(source, index, f"{type(error).__name__}"))
                 continue
+            if self.augment is not None:  # keyed by the drawing iteration and the sample: resumable, per seed
+                image = self.augment(image, row.get("draw", 0), zlib.crc32(source.encode()), index)
             items.append((image, self.rules.clean(row["label"])))
             ids.append((source, index))
+            stored.append(row["label"])
         pixel_values, labels = self.align(items)
-        return {"pixel_values": pixel_values, "labels": labels, "ids": ids, "skipped": skipped}
+        return {"pixel_values": pixel_values, "labels": labels, "stored_labels": stored, "ids": ids,
+                "skipped": skipped}  # fmt: skip
 
 
 class SkipTracker:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import datasets
 
 from ..config import ModelConfig
+from ..augment import TextAugment
 from .collate import TextCollator
 from .datasets import filter_labels_with_counts, load_text_dataset
 from .labels import KEPT
@@ -77,6 +78,7 @@ def build_train_data(
     rank: int = 0,
     world_size: int = 1,
     start_iteration: int = 0,
+    augment: TextAugment | None = None,
 ) -> TextData:
     """DTRB's Batch_Balanced_Dataset: for each ``select_data`` token, the sources whose name starts with it, filtered
     and concatenated, of which the first ``int(total * total_data_usage_ratio)`` samples are used; each batch holds
@@ -106,12 +108,11 @@ def build_train_data(
     log.append(f"Total_batch_size: {'+'.join(map(str, counts_per_batch))} = {total_batch}")
     log.append(DASHED)
 
-    sampler = BatchBalancedSampler(
-        group_sizes, counts_per_batch, seed=seed, rank=rank, world_size=world_size, start_iteration=start_iteration
-    )
+    sampler = BatchBalancedSampler(group_sizes, counts_per_batch, seed=seed, rank=rank, world_size=world_size,
+                                   start_iteration=start_iteration, tag_draws=augment is not None)  # fmt: skip
     return TextData(
         dataset=MixedSources(members),
-        collator=TextCollator(config, data_filtering_off),
+        collator=TextCollator(config, data_filtering_off, augment),
         log="\n".join(log) + "\n",
         counts=all_counts,
         sampler=sampler,

@@ -38,6 +38,8 @@ class BatchBalancedSampler(Sampler[list[int]]):
         rank, world_size: this process's share in distributed training; processes see disjoint samples.
         start_iteration: the first batch to yield (resume).
         num_batches: stop after this many batches (``None``: endless, as training by iteration needs).
+        tag_draws: yield ``(iteration, index)`` pairs instead of indices, so that ``MixedSources`` tags each row
+            with the iteration that drew it (``"draw"``): what augmentation seeds itself with.
     """
 
     def __init__(
@@ -49,6 +51,7 @@ class BatchBalancedSampler(Sampler[list[int]]):
         world_size: int = 1,
         start_iteration: int = 0,
         num_batches: int | None = None,
+        tag_draws: bool = False,
     ) -> None:
         if len(sizes) != len(counts) or not sizes:
             raise ValueError(f"sizes and counts must have one entry per source, got {list(sizes)} and {list(counts)}.")
@@ -64,6 +67,7 @@ class BatchBalancedSampler(Sampler[list[int]]):
         self.rank, self.world_size = rank, world_size
         self.iteration = start_iteration
         self.num_batches = num_batches
+        self.tag_draws = tag_draws
         self._perm_cache: dict[tuple[int, int], np.ndarray] = {}
 
     @property
@@ -99,6 +103,8 @@ class BatchBalancedSampler(Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         while self.num_batches is None or self.iteration < self.num_batches:
             batch = self.batch(self.iteration)
+            if self.tag_draws:
+                batch = [(self.iteration, index) for index in batch]  # type: ignore[misc]
             self.iteration += 1
             yield batch
 
@@ -135,7 +141,11 @@ class MixedSources(Dataset):
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
-    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+    def __getitems__(self, indices: Sequence[int] | Sequence[tuple[int, int]]) -> list[dict[str, Any]]:
+        draws = None
+        if len(indices) and isinstance(indices[0], tuple):  # (iteration, index) from a tag_draws sampler
+            draws = [draw for draw, _ in indices]
+            indices = [index for _, index in indices]
         indices = np.asarray(indices, dtype=np.int64)
         if len(indices) and (indices.min() < 0 or indices.max() >= len(self)):
             raise IndexError(f"Index out of range for {len(self)} samples.")
@@ -153,6 +163,8 @@ class MixedSources(Dataset):
                     "source": self.names[source],
                     "index": local[k] if original is None else int(original[local[k]]),
                 }
+                if draws is not None:
+                    rows[position]["draw"] = draws[position]
         return rows  # type: ignore[return-value]
 
     def __getitem__(self, index: int) -> dict[str, Any]:

@@ -137,8 +137,12 @@ class Attention(nn.Module):
         return torch.stack(step_logits, dim=1)
 
     @staticmethod
-    def loss(logits: torch.Tensor, targets: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    def loss(
+        logits: torch.Tensor, targets: torch.Tensor, lengths: torch.Tensor | None = None, label_smoothing: float = 0.0
+    ) -> torch.Tensor:
         """Cross-entropy of logits [B, L+1, C] against the encoded targets [B, L+2] shifted by one (``[GO]`` dropped),
-        ignoring ``[GO]`` padding; ``[s]`` is a target. ``lengths`` is accepted for a uniform interface."""
+        ignoring ``[GO]`` padding; ``[s]`` is a target. ``lengths`` is accepted for a uniform interface;
+        ``label_smoothing`` (0: DTRB's loss) spreads that share of each target over the classes."""
         targets = targets[:, 1 : logits.size(1) + 1].to(logits.device)
-        return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=GO_ID)
+        return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=GO_ID,
+                               label_smoothing=label_smoothing)  # fmt: skip
