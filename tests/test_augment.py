@@ -62,3 +62,19 @@ def test_augment_strength_is_checked_with_the_data_flags():
 
     with pytest.raises(ValueError, match=r"augment_strength must be in \(0, 1\]"):
         DataConfig("t", "v", augment=True, augment_strength=2.0)
+
+
+def test_preview_script_writes_a_grid(tmp_path, capsys):
+    from conftest import make_lmdb
+    from test_scripts import load_script
+
+    from text_recognition.cli import run
+
+    make_lmdb(tmp_path / "data" / "words", ["abc", "hello", "x1"])
+    preview = load_script("preview_augment")
+    argv = ["--data", str(tmp_path / "data"), "--output", str(tmp_path / "grid.png"), "--num_draws", "3"]
+    assert run(preview.main, argv) == 0
+    grid = Image.open(tmp_path / "grid.png")
+    assert grid.height == 3 * (48 + 14 + 4) + 4 and grid.width > 4 * 40  # 3 rows: every sample, original + 3 draws
+    assert "3 samples x 3 draws" in capsys.readouterr().out
+    assert run(preview.main, [*argv[:3], str(tmp_path / "grid.jpg")]) == 1

@@ -137,7 +137,8 @@ def test_fine_tune_notebook_trains_a_base_model_then_fine_tunes_on_a_new_charset
     assert {k: fine_tuned[k] for k in ("feature_extraction", "output_channel", "pad")} == {
         k: base[k] for k in ("feature_extraction", "output_channel", "pad")
     }  # the architecture came from the pretrained model
-    assert "--FT: re-initialised" in stream_text(nb, "finetune")
+    assert "--FT: charset resized, kept 36 symbols, added 1 ('-')" in stream_text(nb, "finetune")
+    assert "augment: True" in (tmp_path / "runs" / "crnn-finetuned" / "opt.txt").read_text()  # the recipe
     assert ["-"] == [s for s in new_charset if s not in base["character"]]
     assert "symbols the pretrained model cannot read: ['-']" in stream_text(nb, "pretrained")
     for split, count in (("train", 160), ("valid", 20), ("test", 20)):
