@@ -78,7 +78,7 @@ def prepared(command: str) -> str:
 def make_sandbox(root: Path) -> None:
     """A checkout (scripts and accelerate configs: the README's commands run from the repository root) plus every
     data path the README names."""
-    for name in ("scripts", "accelerate_configs"):
+    for name in ("scripts", "accelerate_configs", "recipes"):
         (root / name).symlink_to(REPO_ROOT / name)
     release = root / "data_lmdb_release"
     SyntheticWords(max_length=8, seed=0).write_lmdb(release / "training" / "MJ", 24, progress=False)

@@ -76,12 +76,17 @@ def test_optimizers_and_weight_decay():
         ({"ema_decay": 1.0}, r"ema_decay must be in \(0, 1\)"),
         ({"label_smoothing": 1.0}, r"label_smoothing must be in \[0, 1\)"),
         ({"early_stopping_patience": 0}, r"early_stopping_patience must be at least 1"),
-        ({"scheduler": "cosine", "warmup_steps": 300_000}, r"warmup_steps \(300000\) must be below num_iter"),
     ],
 )
 def test_bad_training_options(kwargs, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig(**kwargs)
+
+
+def test_a_warmup_longer_than_the_run_warns():
+    with pytest.warns(UserWarning, match=r"warmup_steps \(40\) is not below num_iter \(10\)"):
+        config = TrainConfig(num_iter=10, warmup_steps=40, scheduler="cosine")
+    assert [lr_factor(step, config) for step in (0, 9)] == [1 / 40, 10 / 40]
 
 
 def test_lr_factor_never_negative():

@@ -1,4 +1,5 @@
-"""DTRB ``.pth`` checkpoints: safe reading, key-for-key and shape-for-shape checks, and the flags a state dict points to.
+"""DTRB ``.pth`` checkpoints: safe reading, key-for-key and shape-for-shape checks, and the flags a state dict
+points to.
 
 DTRB checkpoints are bare state dicts (keys prefixed ``module.`` by ``DataParallel``) with no record of the options
 they were trained with, so the options come from the user and every key and shape is checked. When they do not fit,

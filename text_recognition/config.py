@@ -7,6 +7,7 @@ plain keyword arguments, and it must rebuild exactly what was saved.
 from __future__ import annotations
 
 import string
+import warnings
 from collections import Counter
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from collections.abc import Sequence
@@ -285,7 +286,7 @@ class TrainConfig:
     num_iter: int = option(300_000, help="optimizer steps")
     val_interval: int = option(2000, "--valInterval", "--val_interval", help="validate every N steps")
     saved_model: str = option("", help="start from a model folder, Hub id or DTRB .pth")
-    ft: bool = option(False, "--FT", "--ft", help="fine-tune: load what fits from --saved_model, re-initialise the rest")
+    ft: bool = option(False, "--FT", "--ft", help="fine-tune --saved_model (a new charset resizes the head)")
     adam: bool = option(False, help="Adam instead of Adadelta (DTRB's flag; the same as --optimizer adam)")
     optimizer: str | None = option(None, help="adadelta | adam | adamw (default adadelta, DTRB's)")
     weight_decay: float = option(0.0, help="weight decay (decoupled for adamw)")
@@ -337,9 +338,15 @@ class TrainConfig:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"Unknown {name} {getattr(self, name)!r}. Choose one of: {', '.join(allowed)}.")
         if self.weight_decay < 0 or self.warmup_steps < 0:
-            raise ValueError(f"weight_decay and warmup_steps must be >= 0, got {self.weight_decay}, {self.warmup_steps}.")
-        if self.warmup_steps >= self.num_iter and self.scheduler != "constant":
-            raise ValueError(f"warmup_steps ({self.warmup_steps}) must be below num_iter ({self.num_iter}).")
+            raise ValueError(
+                f"weight_decay and warmup_steps must be >= 0, got {self.weight_decay}, {self.warmup_steps}."
+            )
+        if self.warmup_steps >= self.num_iter and (self.scheduler != "constant" or self.warmup_steps):
+            warnings.warn(
+                f"warmup_steps ({self.warmup_steps}) is not below num_iter ({self.num_iter}): the whole run stays in "
+                f"the warm-up (e.g. a recipe's warm-up with a short --num_iter).",
+                stacklevel=2,
+            )
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}.")
         if self.early_stopping_patience is not None and self.early_stopping_patience < 1:

@@ -325,7 +325,8 @@ def write_outputs(report: EvaluationReport, result_dir: str | os.PathLike, bench
     summary = f"accuracy: {accuracies}\ttotal_accuracy: {report.total_accuracy:0.3f}"
     if report.total_accuracy_paper is not None:
         summary += f"\ttotal_accuracy_paper: {report.total_accuracy_paper:0.3f}"
-    summary += f"\taveraged_infer_time: {report.averaged_infer_time:0.3f}\t# parameters: {report.num_params / 1e6:0.3f}"
+    summary += f"\taveraged_infer_time: {report.averaged_infer_time:0.3f}"
+    summary += f"\t# parameters: {report.num_params / 1e6:0.3f}"
     name = "log_all_evaluation.txt" if benchmark_all_eval else "log_evaluation.txt"
     with open(result_dir / name, "a", encoding="utf-8") as log:
         for result in report.results:

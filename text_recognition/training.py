@@ -535,7 +535,8 @@ def resume_checkpoint(train_config: TrainConfig, checkpoints_dir: Path, main: bo
     if train_config.resume_from_checkpoint == "latest":
         found = latest_checkpoint(checkpoints_dir)
         if found is None and main:
-            logger.warning("--resume_from_checkpoint latest: no checkpoint in %s yet, starting fresh.", checkpoints_dir)
+            logger.warning("--resume_from_checkpoint latest: no checkpoint in %s yet, starting fresh.",
+                           checkpoints_dir)  # fmt: skip
         return found
     resume_dir = Path(train_config.resume_from_checkpoint)
     if not (resume_dir / "train_state.json").is_file():
@@ -560,7 +561,8 @@ def build_data(run: Run) -> None:
                                          data_filtering_off=data_config.data_filtering_off)  # fmt: skip
     loader = DataLoader(run.train_data.dataset, batch_sampler=run.train_data.sampler,
                         collate_fn=run.train_data.collator, num_workers=data_config.workers,
-                        pin_memory=accelerator.device.type == "cuda", persistent_workers=data_config.workers > 0)  # fmt: skip
+                        pin_memory=accelerator.device.type == "cuda",
+                        persistent_workers=data_config.workers > 0)  # fmt: skip
     run.batches = iter(loader)  # the batch sampler is endless: no epochs, no re-shuffling restarts
     if run.main and run.train_config.push_to_hub:
         run.pusher = _Pusher(train_config.hub_model_id, train_config.hub_private_repo)
@@ -661,7 +663,8 @@ def validate_and_save_bests(run: Run, bar: Any, elapsed: float) -> None:
         run.accelerator.print(f"early stopping at iteration {state.iteration}: no better accuracy in {patience} "
                               f"validation(s); the best is {state.best_accuracy:.3f}")  # fmt: skip
     if run.main:
-        log = format_validation_log(state.iteration, train_config.num_iter, run.meter.train_loss, valid, elapsed, state)
+        log = format_validation_log(state.iteration, train_config.num_iter, run.meter.train_loss, valid, elapsed,
+                                    state)  # fmt: skip
         bar.write(log)
         with open(run.run_dir / "log_train.txt", "a", encoding="utf-8") as log_train:
             log_train.write(log + "\n")
@@ -678,17 +681,24 @@ def validate_and_save_bests(run: Run, bar: Any, elapsed: float) -> None:
     run.meter.loss_sum, run.meter.loss_count = 0.0, 0
 
 
+def validation_protocol(run: Run) -> Protocol:
+    """DTRB's validation: its test.py rules for the training run's --sensitive and --data_filtering_off."""
+    return Protocol("dtrb", run.model_config.sensitive, run.data_config.data_filtering_off)
+
+
 def card_kwargs(run: Run, valid: Validation) -> dict[str, Any]:
     """The model card of a best model: its validation result (split ``validation``) and how it was trained."""
     data_config, train_config = run.data_config, run.train_config
     result = {"dataset": "validation", "dataset_type": data_config.valid_data, "split": "validation",
               "num_samples": valid.num_samples, "accuracy": valid.accuracy, "norm_ED": valid.norm_ED,
               "mean_confidence": valid.mean_confidence,
-              "protocol": Protocol("dtrb", run.model_config.sensitive, data_config.data_filtering_off).description}  # fmt: skip
+              "protocol": validation_protocol(run).description}  # fmt: skip
     training = {
         "train_data": data_config.train_data, "valid_data": data_config.valid_data,
         "select_data": data_config.select_data, "batch_ratio": data_config.batch_ratio,
-        "total_batch_size": run.total_batch_size, "optimizer": "Adam" if train_config.adam else "Adadelta",
+        "total_batch_size": run.total_batch_size,
+        "optimizer": {"adam": "Adam", "adamw": "AdamW"}.get(train_config.optimizer, "Adadelta"),
+        "scheduler": train_config.scheduler, "augment": data_config.augment, "ema_decay": train_config.ema_decay,
         "lr": train_config.lr, "grad_clip": train_config.grad_clip, "iteration": run.state.iteration,
     }  # fmt: skip
     return {"model_name": run.exp_name, "eval_results": [result], "training": training}

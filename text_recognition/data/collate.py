@@ -78,7 +78,8 @@ class TextCollator:
     """Rows ``{"image": bytes, "label": raw label, "source": name, "index": int}`` -> a training batch.
 
     Returns ``{"pixel_values": [B, C, H, W], "labels": list[str], "stored_labels": list[str],
-    "ids": list[(source, index)], "skipped": list[SkippedSample]}``: labels are cleaned as DTRB does at load time (lowercased unless sensitive,
+    "ids": list[(source, index)], "skipped": list[SkippedSample]}``: labels are cleaned as DTRB does at load time
+    (lowercased unless sensitive,
     out-of-charset symbols removed); an image that cannot be decoded is left out of the batch and reported in
     ``skipped``. With ``augment``, each decoded image is augmented before the resize (training only).
     """

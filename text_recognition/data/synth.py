@@ -292,7 +292,8 @@ class SyntheticWords:
         Raises:
             FileExistsError: if ``path`` already holds an LMDB.
         """
-        samples = progress_bar(self.generate(count), total=count, disable=not progress, desc="rendering", unit=" images")
+        samples = progress_bar(self.generate(count), total=count, disable=not progress, desc="rendering",
+                               unit=" images")  # fmt: skip
         return write_lmdb(samples, path)
 
     def to_dataset(self, count: int, cache_dir: str | os.PathLike | None = None) -> datasets.Dataset:
