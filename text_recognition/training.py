@@ -230,12 +230,12 @@ def evaluate_model(
     batch_size: int,
     *,
     num_workers: int = 0,
-    sensitive: bool = False,
-    data_filtering_off: bool = False,
+    protocol: Protocol | None = None,
     baidu_ctc: bool = False,
     skips: SkipTracker | None = None,
 ) -> Validation:
-    """DTRB's ``validation()``: greedy decoding, loss, accuracy, norm_ED and confidence over every sample once.
+    """DTRB's ``validation()``: greedy decoding, loss, accuracy, norm_ED and confidence over every sample once,
+    scored under ``protocol`` (default ``dtrb``; training passes ``validation_protocol``).
 
     Each process evaluates a contiguous share of the samples; the results are gathered, so every sample counts
     exactly once whatever the number of processes.
@@ -250,7 +250,7 @@ def evaluate_model(
     )  # fmt: skip
     gathered_records = gather_object(records) if accelerator.num_processes > 1 else records
     gathered_losses = gather_object(losses) if accelerator.num_processes > 1 else losses
-    result = score_records(gathered_records, Protocol("dtrb", sensitive, data_filtering_off))
+    result = score_records(gathered_records, protocol)
     return Validation(
         loss=sum(gathered_losses) / len(gathered_losses) if gathered_losses else 0.0,
         accuracy=result.accuracy,
@@ -649,8 +649,8 @@ def validate_and_save_bests(run: Run, bar: Any, elapsed: float) -> None:
     state, train_config = run.state, run.train_config
     valid = evaluate_model(
         run.evaluated, run.valid_data, run.accelerator, train_config.batch_size, num_workers=run.data_config.workers,
-        sensitive=run.model_config.sensitive, data_filtering_off=run.data_config.data_filtering_off,
-        baidu_ctc=train_config.baidu_ctc and run.model_config.prediction == "CTC", skips=run.skips,
+        protocol=validation_protocol(run), skips=run.skips,
+        baidu_ctc=train_config.baidu_ctc and run.model_config.prediction == "CTC",
     )  # fmt: skip
     run.last_valid = valid
     improved_accuracy, improved_ned = valid.accuracy > state.best_accuracy, valid.norm_ED > state.best_norm_ED
