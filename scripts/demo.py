@@ -18,7 +18,14 @@ from pathlib import Path
 
 import torch
 
-from text_recognition.cli import add_model_arguments, check_model_flags, model_config_from_args, run
+from text_recognition.cli import (
+    add_decoding_arguments,
+    add_model_arguments,
+    check_model_flags,
+    decoding_options_from_args,
+    model_config_from_args,
+    run,
+)
 from text_recognition.inference import find_images, recognize_files
 from text_recognition.model import load_model
 
@@ -33,6 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=4, help="image-decoding worker processes (default 4)")
     parser.add_argument("--output", help="also write the results to FILE.tsv (path, text, confidence) or FILE.json")
     add_model_arguments(parser)
+    add_decoding_arguments(parser)
     args = parser.parse_args(argv)
 
     config = model_config_from_args(args, require_stages=False)
@@ -41,28 +49,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_model_flags(args, model.config, repr(args.saved_model))
     if args.output and not args.output.endswith((".tsv", ".json")):
         raise ValueError(f"--output must end with .tsv or .json, got {args.output!r}.")
+    decoding = decoding_options_from_args(args)
+    model.decoder(decoding)  # impossible constraints fail here, before any image is read
     paths = find_images(args.image_folder)
     if not paths:
         raise ValueError(f"No .jpg/.jpeg/.png images under {args.image_folder!r}.")
 
     dashed_line = "-" * 80
     head = f"{'image_path':25s}\t{'predicted_labels':25s}\tconfidence score"
-    failures, rows = 0, []
+    failures, abstained, rows = 0, 0, []
     with open(LOG_FILE, "a", encoding="utf-8") as log:
         print(f"{dashed_line}\n{head}\n{dashed_line}")
         log.write(f"{dashed_line}\n{head}\n{dashed_line}\n")
-        for result in recognize_files(model, paths, args.batch_size, args.workers):
+        for result in recognize_files(model, paths, args.batch_size, args.workers, decoding):
             if result.error:
                 failures += 1
                 print(f"skipped {result.path}: {result.error}", file=sys.stderr)
                 continue
             line = f"{str(result.path):25s}\t{result.recognition.text:25s}\t{result.recognition.confidence:0.4f}"
+            if result.recognition.abstained:
+                abstained += 1
+                line += "\tabstained"
             print(line)
             log.write(line + "\n")
             rows.append({"image_path": str(result.path), "text": result.recognition.text,
-                         "confidence": result.recognition.confidence})  # fmt: skip
+                         "confidence": result.recognition.confidence,
+                         "abstained": result.recognition.abstained})  # fmt: skip
     if args.output:
         write_results(args.output, rows)
+    if abstained:
+        print(f"abstained on {abstained} of {len(paths)} images (confidence below --min_confidence, or no reading "
+              f"within the constraints)", file=sys.stderr)  # fmt: skip
     if failures:
         print(f"{failures} of {len(paths)} images could not be decoded (listed above)", file=sys.stderr)
     return 0
@@ -74,8 +91,8 @@ def write_results(path: str, rows: list[dict]) -> None:
     if output.suffix == ".json":
         output.write_text(json.dumps(rows, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     else:
-        lines = ["image_path\ttext\tconfidence"] + [
-            f"{r['image_path']}\t{r['text']}\t{r['confidence']:.6f}" for r in rows
+        lines = ["image_path\ttext\tconfidence\tabstained"] + [
+            f"{r['image_path']}\t{r['text']}\t{r['confidence']:.6f}\t{str(r['abstained']).lower()}" for r in rows
         ]
         output.write_text("\n".join(lines) + "\n", encoding="utf-8")
 

@@ -18,7 +18,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from text_recognition.cli import add_model_arguments, check_model_flags, model_config_from_args, run
+from text_recognition.cli import (
+    add_decoding_arguments,
+    add_model_arguments,
+    check_model_flags,
+    decoding_options_from_args,
+    model_config_from_args,
+    run,
+)
 from text_recognition.export import DEFAULT_OPSET, export_onnx, load_check_images, sidecar_path, verify_onnx
 from text_recognition.model import load_model
 
@@ -32,6 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--num_check_images", type=int, default=8, help="images used by the check (default 8)")
     parser.add_argument("--atol", type=float, default=1e-4, help="largest accepted logit difference (default 1e-4)")
     add_model_arguments(parser)
+    add_decoding_arguments(parser)  # recorded in the sidecar for a consumer's decoder; the graph stays greedy
     args = parser.parse_args(argv)
     if args.num_check_images < 1:
         raise ValueError(f"--num_check_images must be at least 1, got {args.num_check_images}.")
@@ -41,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config is None or not Path(args.saved_model).is_file():  # a folder or Hub id: flags must agree with it
         check_model_flags(args, model.config, repr(args.saved_model))
     images = load_check_images(model.config, args.check_images, args.num_check_images)
-    path = export_onnx(model, args.output, opset=args.opset)
+    path = export_onnx(model, args.output, opset=args.opset, decoding=decoding_options_from_args(args))
     report = verify_onnx(model, path, images, atol=args.atol)
 
     texts = "identical" if report["texts_match"] else "DIFFERENT (near-tied argmax)"

@@ -13,7 +13,10 @@ flags, as in DTRB: they decide which samples load, how ground truths are cleaned
 --protocol dtrb, how predictions are compared, whatever the model's config says. --eval_data is an LMDB tree,
 datasets folders or a Hub dataset. With --benchmark_all_eval, DTRB's ten sets are evaluated (plus --datasets) and
 both totals are printed: DTRB's code (all ten sets) and the paper's (7 sets). Without it, every dataset found.
-Logs and one failure-case file per dataset go to --result_dir/<exp_name>/ (DTRB's ./result/ layout).
+Logs and one failure-case file per dataset go to --result_dir/<exp_name>/ (DTRB's ./result/ layout), and with
+--plots, PNG plots to its plots/ folder. Decoding: greedy by default; --beam_width N for beam search, and
+--allowlist / --blocklist / --lexicon FILE / --pattern REGEX constrain the output, --min_confidence abstains.
+Each dataset also reports its calibration (ECE) and selective scores (AURC, coverage at 95 % / 99 % accuracy).
 """
 
 from __future__ import annotations
@@ -25,7 +28,14 @@ from pathlib import Path
 
 import torch
 
-from text_recognition.cli import add_model_arguments, check_model_flags, model_config_from_args, run
+from text_recognition.cli import (
+    add_decoding_arguments,
+    add_model_arguments,
+    check_model_flags,
+    decoding_options_from_args,
+    model_config_from_args,
+    run,
+)
 from text_recognition.evaluation import (
     BENCHMARK_DATASETS,
     EvaluationReport,
@@ -57,8 +67,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--push_results_to_hub", metavar="REPO", nargs="?", const="",
                         help="add the results to the model card of REPO (default: the --saved_model Hub id); a "
                              "local --saved_model folder's card is updated too")  # fmt: skip
+    parser.add_argument("--plots", action="store_true",
+                        help="write PNG plots under the result folder: reliability diagram, accuracy vs coverage, "
+                             "accuracy by label length, most frequent confusions (needs text_recognition[plots])")
     add_model_arguments(parser)
+    add_decoding_arguments(parser)
     args = parser.parse_args(argv)
+    if args.plots:
+        from text_recognition.plots import require_matplotlib
+
+        require_matplotlib()  # before the evaluation runs, not after
 
     protocol = Protocol(args.protocol, args.sensitive, args.data_filtering_off)
     model = load_model(args.saved_model, model_config_from_args(args, require_stages=False))
@@ -68,14 +86,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"note: {args.saved_model} is case-sensitive but --sensitive was not given: as DTRB's test.py, the "
               f"ground truths are lowercased. Pass --sensitive (with --data_filtering_off for DTRB's case-insensitive "
               f"alphanumeric comparison) or choose --protocol alnum62 / printable94.", file=sys.stderr)  # fmt: skip
+    decoding = decoding_options_from_args(args)
+    model.decoder(decoding)  # impossible constraints fail here, before any image is read
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     names = [*BENCHMARK_DATASETS, *args.datasets] if args.benchmark_all_eval else (args.datasets or None)
     report = evaluate(model, args.eval_data, names=names, batch_size=args.batch_size, num_workers=args.workers,
                       protocol=protocol, timing_samples=args.timing_samples,
-                      model_name=str(args.saved_model))  # fmt: skip
+                      model_name=str(args.saved_model), decoding=decoding)  # fmt: skip
     result_dir = write_outputs(report, Path(args.result_dir) / dtrb_exp_name(str(args.saved_model)),
                                args.benchmark_all_eval)  # fmt: skip
     print(f"{args.saved_model}: {model.config.stage_string}\n{report.table()}\nlogs and failure cases: {result_dir}")
+    if args.plots:
+        from text_recognition.plots import write_evaluation_plots
+
+        written = write_evaluation_plots(report, result_dir / "plots")
+        print(f"{len(written)} plots in {result_dir / 'plots'}")
     if args.output_json:
         write_json(report, args.output_json)
     if args.push_results_to_hub is not None:

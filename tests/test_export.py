@@ -15,6 +15,7 @@ from test_scripts import CRNN_FLAGS, load_script
 from text_recognition import ModelConfig, TextRecognitionModel
 from text_recognition.cli import run
 from text_recognition.data.synth import SyntheticWords
+from text_recognition.decoding import DecodingOptions
 from text_recognition.export import (
     OnnxExportError,
     OnnxMismatchError,
@@ -127,6 +128,21 @@ def test_sidecar_describes_decoding(tmp_path):
     meta = json.loads(sidecar_path(export_onnx(ctc, tmp_path / "ctc.onnx")).read_text())
     assert meta["special_tokens"] == {"[CTCblank]": 0} and meta["tokens"][:2] == ["[CTCblank]", "0"]
     assert (meta["prediction"], meta["sequence_length"], meta["num_class"]) == ("CTC", 24, 37)
+    assert meta["temperature"] == 1.0 and meta["decoding_options"]["beam_width"] == 1
+
+
+def test_sidecar_records_decoding_options_and_temperature(tmp_path):
+    model = make_model("None-VGG-None-CTC")
+    model.config.temperature = 1.7
+    path = export_onnx(model, tmp_path / "c.onnx",
+                       decoding=DecodingOptions(beam_width=5, allowlist="0123", lexicon=("12", "3"), pattern=r"\d+"))
+    meta = json.loads(sidecar_path(path).read_text())
+    assert meta["temperature"] == 1.7 and "softmax(logits / temperature)" in meta["confidence"]
+    assert meta["decoding_options"] == {"beam_width": 5, "allowlist": "0123", "blocklist": None,
+                                        "lexicon": ["12", "3"], "pattern": r"\d+", "min_confidence": None}
+    with pytest.raises(ValueError, match="outside the model's charset"):
+        export_onnx(model, tmp_path / "d.onnx", decoding=DecodingOptions(allowlist="€"))
+    assert not (tmp_path / "d.onnx").exists()
 
 
 def test_fixed_batch_and_model_left_unchanged(tmp_path):

@@ -47,6 +47,7 @@ EXTRA_ARGS = {
     "scripts/train.py": "--num_iter 2 --valInterval 1 --batch_size 4 --workers 0 --report_to none",
     "scripts/test.py": "--workers 0 --batch_size 16 --timing_samples 2",
     "scripts/demo.py": "--workers 0",
+    "scripts/calibrate.py": "--workers 0 --batch_size 16",
 }
 
 

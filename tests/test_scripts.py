@@ -176,10 +176,10 @@ def test_demo_output_file(tmp_path, image_folder, crnn_pth, monkeypatch, suffix)
     assert run(demo.main, argv) == 0
     if suffix == ".json":
         rows = json.loads(out.read_text())
-        assert len(rows) == 4 and set(rows[0]) == {"image_path", "text", "confidence"}
+        assert len(rows) == 4 and set(rows[0]) == {"image_path", "text", "confidence", "abstained"}
     else:
         lines = out.read_text().splitlines()
-        assert lines[0] == "image_path\ttext\tconfidence" and len(lines) == 5
+        assert lines[0] == "image_path\ttext\tconfidence\tabstained" and len(lines) == 5
     assert run(demo.main, [*argv[: -len(CRNN_FLAGS) - 2], "--output", "x.csv", *CRNN_FLAGS]) == 1
 
 

@@ -187,6 +187,16 @@ def test_accelerate_launch_trains_and_writes_every_file(data, tmp_path, model_ar
     assert len(model.recognize([torch.rand(32, 80)])) == 1
     if tracker:
         assert list((run / "logs").rglob("events.out.tfevents.*")), "no TensorBoard events written"
+        assert not (run / "validation_curves.png").exists()
+    else:  # no TensorBoard: the validation curves as a picture
+        assert results["validation_curves"] == str(run / "validation_curves.png")
+        assert (run / "validation_curves.png").stat().st_size > 1000
+    # the bests are calibrated on the validation data at the end: the temperature in config.json, ECE on the card
+    calibration = results["calibration"]["best_accuracy"]
+    assert json.loads((run / "best_accuracy" / "config.json").read_text())["temperature"] == calibration["temperature"]
+    assert model.config.temperature == calibration["temperature"] and "ECE" in card
+    assert set(calibration) >= {"ece_before", "ece_after", "aurc", "coverage_at_accuracy"}
+    assert "label audit" in (run / "log_dataset.txt").read_text()
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from .config import DataConfig, ModelConfig, TrainConfig
+from .decoding import DecodingOptions, read_lexicon
 from .model import load_model
 from .registry import STAGE_KINDS, list_stages
 
@@ -84,7 +85,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     return parser
 
 
-def _model_values(args: argparse.Namespace) -> dict[str, Any]:
+def model_values(args: argparse.Namespace) -> dict[str, Any]:
     """The model flags given on the command line, as ``ModelConfig`` keyword arguments."""
     given = {}
     for option in MODEL_OPTIONS:
@@ -100,7 +101,7 @@ def model_config_from_args(args: argparse.Namespace, require_stages: bool = True
     Raises:
         ValueError: when stages are missing or a value is invalid (the message names the flag).
     """
-    given = _model_values(args)
+    given = model_values(args)
     missing = [name for name in STAGE_KINDS if name not in given]
     if missing:
         if not require_stages and len(missing) == len(STAGE_KINDS):
@@ -117,9 +118,34 @@ def model_config_from_args(args: argparse.Namespace, require_stages: bool = True
     return ModelConfig(**given)
 
 
+def add_decoding_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``--beam_width --allowlist --blocklist --lexicon FILE --pattern --min_confidence`` (demo and evaluation)."""
+    group = parser.add_argument_group("decoding")
+    group.add_argument("--beam_width", type=int, default=1,
+                       help="hypotheses kept per image: CTC prefix / attention beam search (default 1: greedy)")
+    group.add_argument("--allowlist", help="the only symbols the output may contain, e.g. 0123456789")
+    group.add_argument("--blocklist", help="symbols the output may not contain")
+    group.add_argument("--lexicon", metavar="FILE", help="a word list (one word per line): the output is one of them")
+    group.add_argument("--pattern", help=r"a regular expression the whole output must match, e.g. '[A-Z]{2}\d{4}'")
+    group.add_argument("--min_confidence", type=float,
+                       help="abstain below this confidence (the text is kept and marked abstained)")  # fmt: skip
+    return parser
+
+
+def decoding_options_from_args(args: argparse.Namespace) -> DecodingOptions:
+    """The ``DecodingOptions`` of ``add_decoding_arguments``' flags (the lexicon read from its file)."""
+    lexicon = None
+    if args.lexicon is not None:
+        if not Path(args.lexicon).is_file():
+            raise FileNotFoundError(f"--lexicon {args.lexicon!r} is not a file: give a text file, one word per line.")
+        lexicon = read_lexicon(args.lexicon)
+    return DecodingOptions(args.beam_width, args.allowlist, args.blocklist, lexicon, args.pattern,
+                           args.min_confidence)  # fmt: skip
+
+
 def model_flags_given(args: argparse.Namespace) -> list[str]:
     """The model flags set on the command line (to warn that a model folder ignores them)."""
-    flags = [option.flags[0] for option in MODEL_OPTIONS if option.dest in _model_values(args)]
+    flags = [option.flags[0] for option in MODEL_OPTIONS if option.dest in model_values(args)]
     return flags + (["--rgb"] if args.rgb else [])
 
 
@@ -134,7 +160,7 @@ def check_model_flags(
     Raises:
         ValueError: naming each flag, its value and the model's, and what to do instead.
     """
-    given = {k: v for k, v in _model_values(args).items() if k not in evaluation_flags}
+    given = {k: v for k, v in model_values(args).items() if k not in evaluation_flags}
     if args.rgb:
         given["input_channel"] = 3
     if not given:
@@ -244,7 +270,7 @@ def train_configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, Data
         if Path(args.saved_model).is_file():
             model_config_from_args(args)  # raises: a DTRB .pth needs its stages
         base = asdict(load_model(args.saved_model).config)
-        overrides = _model_values(args)
+        overrides = model_values(args)
         if args.rgb:
             overrides["input_channel"] = 3
         model_config = ModelConfig(**{**base, **overrides})  # --sensitive alone keeps the model's own charset

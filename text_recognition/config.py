@@ -63,6 +63,8 @@ class ModelConfig:
             ``sensitive`` (DTRB silently replaced it).
         sensitive: case-sensitive labels (DTRB's ``--sensitive``).
         batch_max_length: maximum label length; attention decodes ``batch_max_length + 1`` steps.
+        temperature: confidences are computed from ``softmax(logits / temperature)``; 1.0 (DTRB's) until a
+            calibration fits it (``scripts/calibrate.py``, or training at its end). Predictions do not depend on it.
         config_version: format version of this config, for future migrations.
 
     Raises:
@@ -89,6 +91,7 @@ class ModelConfig:
     )
     sensitive: bool = option(False, help="case-sensitive; alone it selects DTRB's 94-symbol charset")
     batch_max_length: int = option(25, help="maximum label length")
+    temperature: float = option(1.0, help="confidence temperature (fitted by calibration)", cli=False)
     config_version: int = option(1, help="format version of config.json", cli=False)
 
     def __post_init__(self) -> None:
@@ -126,6 +129,11 @@ class ModelConfig:
                 f"output_channel must be a multiple of {divisor} for {self.feature_extraction} (its inner widths "
                 f"are output_channel/{divisor}, ...), got {self.output_channel}."
             )
+        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) or not (
+            0 < self.temperature < float("inf")
+        ):
+            raise ValueError(f"temperature must be a positive finite number, got {self.temperature!r}.")
+        self.temperature = float(self.temperature)
         if not isinstance(self.pad, bool) or not isinstance(self.sensitive, bool):
             raise ValueError(
                 f"pad and sensitive must be booleans, got pad={self.pad!r}, sensitive={self.sensitive!r}."

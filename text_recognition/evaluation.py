@@ -17,9 +17,11 @@ from typing import Any, NamedTuple
 import torch
 from torch.utils.data import DataLoader
 
+from .calibration import expected_calibration_error, path_logits, selective_metrics
 from .data.collate import SkipTracker, TextCollator
 from .data.loaders import TextData, filtered_sources
 from .data.mixing import MixedSources
+from .decoding import Decoder, DecodingOptions
 from .metrics import Protocol, RecognitionMetrics
 from .model import TextRecognitionModel
 
@@ -40,6 +42,7 @@ class Record(NamedTuple):
     source: str
     index: int  # row of the sample in its stored source
     stored_label: str = ""  # the label as stored in the dataset
+    abstained: bool = False  # below min_confidence, or no reading within the decoding constraints
 
     def reference(self, protocol: Protocol) -> str:
         """The ground truth the protocol compares: DTRB's cleaned label for ``dtrb``, the stored one otherwise."""
@@ -87,10 +90,17 @@ def predict_records(
     skips: SkipTracker | None = None,
     loss_kwargs: dict[str, Any] | None = None,
     warmup: bool = False,
+    decoder: Decoder | None = None,
+    logit_rows: list[torch.Tensor] | None = None,
 ) -> tuple[list[Record], list[float], float]:
-    """Greedy predictions for ``indices`` of ``data``: one ``Record`` per decodable sample, the per-batch losses, and
-    the seconds spent in the model (device synchronised; with ``warmup``, the first batch runs once untimed)."""
+    """Predictions for ``indices`` of ``data``: one ``Record`` per decodable sample, the per-batch losses (of the
+    greedy outputs), and the seconds spent in the model (device synchronised; with ``warmup``, the first batch runs
+    once untimed). ``decoder`` (default: greedy at the model's temperature) decodes; when it is not greedy, its
+    search is timed with the model. ``logit_rows``, when given, receives each record's greedy confidence rows
+    (``calibration.path_logits``), for temperature fitting."""
     tokenizer, config = model.tokenizer, model.config
+    decoder = decoder or model.decoder()
+    search = not decoder.options.is_greedy
     batches = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
     loader = DataLoader(data.dataset, batch_sampler=batches, collate_fn=data.collator, num_workers=num_workers)
     was_training = model.training
@@ -112,15 +122,22 @@ def predict_records(
         _synchronize(device)
         start = time.perf_counter()
         with autocast() if autocast is not None else contextlib.nullcontext():
-            logits = model(images)  # greedy for attention: what is evaluated is what inference gives
+            features = model.encode(images)
+            logits = model.Prediction(features)  # greedy for attention: what is evaluated is what inference gives
+            if search:
+                decoded = decoder.decode(model.Prediction, features)
         _synchronize(device)
         seconds += time.perf_counter() - start
         losses.append(float(model.loss(logits, targets.to(device), lengths, **(loss_kwargs or {}))))
-        decoded = tokenizer.decode_with_confidence(logits)
-        for label, stored, (text, confidence), (source, index) in zip(
+        if not search:
+            decoded = decoder.decode_logits(logits)
+        if logit_rows is not None:
+            logit_rows += path_logits(logits, config.prediction == "CTC")
+        for label, stored, recognition, (source, index) in zip(
             batch["labels"], batch["stored_labels"], decoded, batch["ids"]
         ):
-            records.append(Record(label, text, confidence, source, index, stored))
+            records.append(Record(label, recognition.text, recognition.confidence, source, index, stored,
+                                  recognition.abstained))  # fmt: skip
     model.train(was_training)
     return records, losses, seconds
 
@@ -144,6 +161,11 @@ class DatasetResult:
     failures: list[Record] = field(default_factory=list, repr=False)
     cer: float = 0.0
     accuracy_by_length: dict[str, dict[str, float]] = field(default_factory=dict, repr=False)
+    calibration: dict[str, float] = field(default_factory=dict)  # {"ece", "temperature"}
+    selective: dict[str, Any] = field(default_factory=dict)  # {"aurc", "coverage_at_accuracy": {"0.95", "0.99"}}
+    abstained: int = 0  # results below min_confidence or outside the constraints
+    answered_accuracy: float = 0.0  # percent, over the results that did not abstain
+    records: list[Record] = field(default_factory=list, repr=False)  # every prediction, for plots
 
 
 @dataclass
@@ -154,6 +176,7 @@ class EvaluationReport:
     batch_size: int
     ms_per_image_batch1: float | None
     protocol: Protocol = field(default_factory=Protocol)
+    decoding: DecodingOptions = field(default_factory=DecodingOptions)
 
     @property
     def total_accuracy(self) -> float:
@@ -179,19 +202,32 @@ class EvaluationReport:
         lines = [
             f"Protocol: {self.protocol.description}",
             "",
-            f"| dataset | samples | accuracy (%) | norm_ED | CER | mean confidence | {timing} |",
-            "|---|---|---|---|---|---|---|",
+            "| dataset | samples | accuracy (%) | norm_ED | CER | mean confidence | ECE | coverage @ 95% | "
+            f"{timing} |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         lines += [f"| {r.dataset} | {r.num_samples} | {r.accuracy:.3f} | {r.norm_ED:.4f} | {r.cer:.4f} | "
-                  f"{r.mean_confidence:.4f} | {r.ms_per_image:.3f} |" for r in self.results]  # fmt: skip
+                  f"{r.mean_confidence:.4f} | {r.calibration.get('ece', 0.0):.4f} | "
+                  f"{r.selective.get('coverage_at_accuracy', {}).get('0.95', 0.0):.3f} | {r.ms_per_image:.3f} |"
+                  for r in self.results]  # fmt: skip
         samples = sum(r.num_samples for r in self.results)
         if len(self.results) > 1:
             total = f"{self.total_accuracy:.3f}"
-            lines.append(f"| total, all {len(self.results)} sets (DTRB's code) | {samples} | {total} | | | | |")
+            lines.append(f"| total, all {len(self.results)} sets (DTRB's code) | {samples} | {total} | | | | | | |")
         if self.total_accuracy_paper is not None:
             paper = sum(r.num_samples for r in self.results if r.dataset in PAPER_DATASETS)
-            lines.append(f"| total, the paper's 7 sets | {paper} | {self.total_accuracy_paper:.3f} | | | | |")
+            lines.append(f"| total, the paper's 7 sets | {paper} | {self.total_accuracy_paper:.3f} | | | | | | |")
         lines.append("")
+        if not self.decoding.is_greedy or self.decoding.min_confidence is not None:
+            lines.append(f"Decoding: {describe_decoding(self.decoding)}.")
+            if self.decoding.min_confidence is not None or self.decoding.constrained:
+                lines += [f"{r.dataset}: abstained on {r.abstained} of {r.num_samples}; accuracy on the answered "
+                          f"{r.answered_accuracy:.3f} %" for r in self.results]  # fmt: skip
+            lines.append("")
+        temperatures = sorted({r.calibration.get("temperature", 1.0) for r in self.results})
+        lines.append(f"Confidence temperature: {', '.join(f'{t:g}' for t in temperatures)} (ECE over "
+                     "15 bins; coverage @ 95%: the share answered, most confident first, at 95 % "
+                     "accuracy).")  # fmt: skip
         if self.ms_per_image_batch1 is not None:
             lines.append(f"Latency at batch 1: {self.ms_per_image_batch1:.3f} ms/image. ")
         lines.append(f"Parameters: {self.num_params:,} ({self.num_params / 1e6:.3f} M).")
@@ -212,6 +248,10 @@ class EvaluationReport:
                     "mean_confidence": r.mean_confidence,
                     "ms_per_image": r.ms_per_image,
                     "accuracy_by_length": r.accuracy_by_length,
+                    "calibration": r.calibration,
+                    "selective": r.selective,
+                    **({"abstained": r.abstained, "answered_accuracy": r.answered_accuracy}
+                       if self.decoding.min_confidence is not None or self.decoding.constrained else {}),
                 }
                 for r in self.results
             },  # fmt: skip
@@ -220,13 +260,37 @@ class EvaluationReport:
             "num_params": self.num_params,
             "batch_size": self.batch_size,
             "ms_per_image_batch1": self.ms_per_image_batch1,
+            "decoding": self.decoding.to_json(words=False),
         }
 
     def card_results(self) -> list[dict[str, Any]]:
         """The ``eval_results`` the model card (and its ``model-index``) take."""
         return [{"dataset": r.dataset, "num_samples": r.num_samples, "accuracy": r.accuracy, "norm_ED": r.norm_ED,
-                 "mean_confidence": r.mean_confidence, "protocol": self.protocol.description}
+                 "mean_confidence": r.mean_confidence, "protocol": self.protocol.description,
+                 "ece": r.calibration.get("ece"), "temperature": r.calibration.get("temperature"),
+                 "aurc": r.selective.get("aurc"),
+                 "coverage_at_95": r.selective.get("coverage_at_accuracy", {}).get("0.95")}
                 for r in self.results]  # fmt: skip
+
+
+def describe_decoding(options: DecodingOptions) -> str:
+    parts = [f"beam width {options.beam_width}" if options.beam_width > 1 else "greedy"]
+    for name in ("allowlist", "blocklist", "pattern"):
+        if getattr(options, name) is not None:
+            parts.append(f"{name} {getattr(options, name)!r}")
+    if options.lexicon is not None:
+        parts.append(f"lexicon of {len(options.lexicon)} words")
+    if options.min_confidence is not None:
+        parts.append(f"abstaining below confidence {options.min_confidence:g}")
+    return ", ".join(parts)
+
+
+def calibration_summary(records: list[Record], protocol: Protocol, temperature: float) -> tuple[dict, dict]:
+    """The ``calibration`` and ``selective`` entries of a dataset's results."""
+    confidences = [r.confidence for r in records]
+    correct = [is_correct(r, protocol) for r in records]
+    calibration = {"ece": expected_calibration_error(confidences, correct), "temperature": temperature}
+    return calibration, selective_metrics(confidences, correct)
 
 
 def weighted_accuracy(results: list[DatasetResult]) -> float:
@@ -258,6 +322,7 @@ def evaluate(
     data_filtering_off: bool = False,
     timing_samples: int = 100,
     model_name: str | None = None,
+    decoding: DecodingOptions | None = None,
 ) -> EvaluationReport:
     """Evaluate ``model`` on each dataset under ``eval_data`` (or those in ``names``).
 
@@ -267,12 +332,16 @@ def evaluate(
     comparison follows ``protocol`` (see ``metrics``).
 
     ``ms_per_image`` is the model's forward time per image at ``batch_size`` after one warm-up batch, the device
-    synchronised; ``ms_per_image_batch1`` the same one image at a time over ``timing_samples`` images (0: skip).
+    synchronised (with the search, for a ``decoding`` other than greedy); ``ms_per_image_batch1`` the same one image
+    at a time over ``timing_samples`` images (0: skip). Each dataset also gets its calibration (ECE at the model's
+    ``temperature``) and selective-prediction scores (AURC, coverage at 95 % and 99 % accuracy).
 
     Raises:
-        ValueError: an unknown protocol.
+        ValueError: an unknown protocol, or impossible decoding constraints.
         FileNotFoundError: ``eval_data`` missing, or a name in ``names`` that is not there.
     """
+    decoding = decoding or DecodingOptions()
+    decoder = model.decoder(decoding)
     if not isinstance(protocol, Protocol):
         protocol = Protocol(protocol, sensitive, data_filtering_off)
     device = next(model.parameters()).device
@@ -286,22 +355,29 @@ def evaluate(
         sources = MixedSources([(name, filtered, len(filtered), kept)])
         data = TextData(sources, TextCollator(data_rules, protocol.data_filtering_off), log="")
         records, _, seconds = predict_records(model, data, list(range(len(filtered))), batch_size, device=device,
-                                              num_workers=num_workers, warmup=True)  # fmt: skip
+                                              num_workers=num_workers, warmup=True, decoder=decoder)  # fmt: skip
         scores = score_records(records, protocol)
-        failures = [r for r in records if not is_correct(r, protocol)]
+        correct = [is_correct(r, protocol) for r in records]
+        failures = [r for r, ok in zip(records, correct) if not ok]
+        answered = [ok for r, ok in zip(records, correct) if not r.abstained]
         ms_per_image = 1000 * seconds / max(scores.num_samples, 1)
+        calibration, selective = calibration_summary(records, protocol, model.config.temperature)
         results.append(DatasetResult(name, scores.num_samples, scores.accuracy, scores.norm_ED,
                                      scores.mean_confidence, ms_per_image, failures, scores.cer,
-                                     scores.accuracy_by_length))  # fmt: skip
+                                     scores.accuracy_by_length, calibration, selective,
+                                     sum(r.abstained for r in records),
+                                     100.0 * sum(answered) / len(answered) if answered else 0.0,
+                                     records))  # fmt: skip
         if timing_data is None and len(filtered):
             timing_data = data
     batch1 = None
     if timing_samples and timing_data is not None:
         count = min(timing_samples, len(timing_data.dataset))
-        _, _, seconds = predict_records(model, timing_data, list(range(count)), 1, device=device, warmup=True)
+        _, _, seconds = predict_records(model, timing_data, list(range(count)), 1, device=device, warmup=True,
+                                        decoder=decoder)  # fmt: skip
         batch1 = 1000 * seconds / count
     return EvaluationReport(model_name or model.config.stage_string, results, model.num_parameters, batch_size,
-                            batch1, protocol)  # fmt: skip
+                            batch1, protocol, decoding)  # fmt: skip
 
 
 def dtrb_exp_name(saved_model: str) -> str:
@@ -338,3 +414,73 @@ def write_outputs(report: EvaluationReport, result_dir: str | os.PathLike, bench
 def write_json(report: EvaluationReport, path: str | os.PathLike) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(report.to_json(), indent=2) + "\n")
+
+
+# ---- calibration ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Calibration:
+    """What ``calibrate`` measured: the fitted temperature, ECE and selective scores before (at the model's
+    temperature) and after."""
+
+    temperature: float
+    previous_temperature: float
+    ece_before: float
+    ece_after: float
+    num_samples: int
+    selective: dict[str, Any]
+    records: list[Record] = field(default_factory=list, repr=False)
+
+    def summary(self) -> str:
+        coverage = self.selective["coverage_at_accuracy"]
+        return (f"temperature {self.previous_temperature:g} -> {self.temperature:.4f} on {self.num_samples} samples: "
+                f"ECE {self.ece_before:.4f} -> {self.ece_after:.4f}; AURC {self.selective['aurc']:.4f}; coverage at "
+                f"95 % accuracy {coverage['0.95']:.3f}, at 99 % {coverage['0.99']:.3f}")  # fmt: skip
+
+
+def calibrate(
+    model: TextRecognitionModel,
+    data: TextData,
+    protocol: Protocol,
+    *,
+    batch_size: int = 192,
+    num_workers: int = 0,
+    device: torch.device | None = None,
+    autocast: Callable[[], Any] | None = None,
+) -> Calibration:
+    """Fit the confidence temperature of ``model`` on ``data`` (greedy predictions, correctness under
+    ``protocol``). The model is not changed: set ``model.config.temperature`` (or ``write_temperature``) to use it.
+
+    Raises:
+        ValueError: ``data`` holds no sample to fit on.
+    """
+    from .calibration import confidences_at, fit_temperature
+
+    device = device or next(model.parameters()).device
+    rows: list[torch.Tensor] = []
+    records, _, _ = predict_records(model, data, list(range(len(data.dataset))), batch_size, device=device,
+                                    num_workers=num_workers, autocast=autocast, logit_rows=rows)  # fmt: skip
+    if not records:
+        raise ValueError("No sample to calibrate on: the calibration data is empty (or every image is corrupt).")
+    correct = [is_correct(r, protocol) for r in records]
+    previous = model.config.temperature
+    temperature = fit_temperature(rows, correct)
+    before = expected_calibration_error(confidences_at(rows, previous), correct)
+    after_confidences = confidences_at(rows, temperature)
+    after = expected_calibration_error(after_confidences, correct)
+    calibrated = [r._replace(confidence=float(c)) for r, c in zip(records, after_confidences)]
+    return Calibration(temperature, previous, before, after, len(records),
+                       selective_metrics(after_confidences, correct), calibrated)  # fmt: skip
+
+
+def write_temperature(folder: str | os.PathLike, temperature: float) -> None:
+    """Set ``temperature`` in a model folder's ``config.json`` (atomically: a temporary file, then a rename)."""
+    path = Path(folder) / "config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(config, dict):
+        raise ValueError(f"{str(path)!r} is not a model config (a JSON object).")
+    config["temperature"] = float(temperature)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)

@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from .config import ModelConfig
+from .decoding import DecodingOptions
 from .model import TextRecognitionModel, expected_sequence_length
 from .tokenizer import BLANK_ID, EOS_ID, GO_ID
 
@@ -234,6 +235,7 @@ def export_onnx(
     *,
     opset: int = DEFAULT_OPSET,
     batch_size_dynamic: bool = True,
+    decoding: DecodingOptions | None = None,
 ) -> Path:
     """Export ``model(pixel_values)`` to ONNX, with a sidecar JSON of what decoding needs.
 
@@ -246,6 +248,8 @@ def export_onnx(
         path: the ``.onnx`` file to write (missing folders are created); the sidecar goes to ``<path>.json``.
         opset: the ONNX opset; TPS models need at least 16 (``GridSample``).
         batch_size_dynamic: a symbolic batch axis named ``"batch"``; ``False`` fixes the batch size to 1.
+        decoding: decoding options recorded in the sidecar (``decoding_options``) for a consumer's decoder (beam
+            width, allowlist, blocklist, lexicon, pattern, min_confidence); the graph itself decodes nothing.
 
     Returns:
         The path of the ``.onnx`` file.
@@ -260,6 +264,8 @@ def export_onnx(
         >>> verify_onnx(model, path, preprocess(images, model.config))["max_abs_diff"]
     """
     onnx = _import_onnx()
+    if decoding is not None:
+        model.decoder(decoding)  # impossible constraints fail before anything is written
     if not isinstance(model, TextRecognitionModel):
         raise TypeError(f"export_onnx expects a TextRecognitionModel, got {type(model).__name__}.")
     if model.config.transformation == "TPS" and opset < MIN_OPSET_TPS:
@@ -275,7 +281,7 @@ def export_onnx(
     except Exception as error:
         raise OnnxExportError(_export_failure_message(model, error, opset)) from error
     onnx.checker.check_model(str(path))
-    metadata = onnx_metadata(model.config, opset=opset, batch_size_dynamic=batch_size_dynamic)
+    metadata = onnx_metadata(model.config, opset=opset, batch_size_dynamic=batch_size_dynamic, decoding=decoding)
     sidecar_path(path).write_text(json.dumps(metadata, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return path
 
@@ -294,20 +300,27 @@ def _export_failure_message(model: TextRecognitionModel, error: Exception, opset
     return f"{what}: {cause}"
 
 
-def onnx_metadata(config: ModelConfig, *, opset: int, batch_size_dynamic: bool = True) -> dict[str, Any]:
+def onnx_metadata(
+    config: ModelConfig, *, opset: int, batch_size_dynamic: bool = True, decoding: DecodingOptions | None = None
+) -> dict[str, Any]:
     """The sidecar's content: what a consumer needs to preprocess images and decode ``logits`` to text.
 
     ``tokens`` lists every class in id order (the special tokens first); ``special_tokens`` maps their names to ids.
+    ``temperature`` divides the logits before the softmax of the confidence; ``decoding_options`` are the decoding
+    options the export was made for (greedy and unconstrained unless given).
     """
     from . import __version__
     from .tokenizer import build_tokenizer
 
     if config.prediction == "CTC":
         special = {"[CTCblank]": BLANK_ID}
-        decoding = "CTC greedy: argmax per step, merge repeats, then drop the blank (id 0); symbol j has id j + 1."
+        text = "CTC greedy: argmax per step, merge repeats, then drop the blank (id 0); symbol j has id j + 1."
+        confidence = "product over all steps of the max of softmax(logits / temperature)"
     else:
         special = {"[GO]": GO_ID, "[s]": EOS_ID}
-        decoding = "Attention greedy: argmax per step, cut before the first [s] (id 1); symbol j has id j + 2."
+        text = "Attention greedy: argmax per step, cut before the first [s] (id 1); symbol j has id j + 2."
+        confidence = ("product over the steps before the first [s] of the max of softmax(logits / temperature); "
+                      "0 if empty")
     return {
         "format": "text_recognition-onnx",
         "format_version": SIDECAR_FORMAT_VERSION,
@@ -321,7 +334,10 @@ def onnx_metadata(config: ModelConfig, *, opset: int, batch_size_dynamic: bool =
         "num_class": config.num_class,
         "batch_max_length": config.batch_max_length,
         "sequence_length": expected_sequence_length(config),
-        "decoding": decoding,
+        "decoding": text,
+        "confidence": confidence,
+        "temperature": config.temperature,
+        "decoding_options": (decoding or DecodingOptions()).to_json(),
         "input_name": INPUT_NAME,
         "output_name": OUTPUT_NAME,
         "img_h": config.img_h,

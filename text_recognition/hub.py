@@ -154,10 +154,20 @@ def results_markdown(eval_results: list[dict[str, Any]]) -> str:
     def number(value: Any, spec: str) -> str:
         return "" if value is None else format(value, spec)
 
-    lines = ["| dataset | samples | word accuracy (%) | 1 - NED | mean confidence |", "|---|---|---|---|---|"]
-    lines += [f"| {r['dataset']} | {'' if r.get('num_samples') is None else r['num_samples']} | "
-              f"{r['accuracy']:.3f} | {number(r.get('norm_ED'), '.4f')} | {number(r.get('mean_confidence'), '.4f')} |"
-              for r in eval_results]  # fmt: skip
+    calibrated = any(r.get("ece") is not None for r in eval_results)
+    head = "| dataset | samples | word accuracy (%) | 1 - NED | mean confidence |"
+    if calibrated:
+        head += " ECE (temperature) | AURC | coverage @ 95 % accuracy |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in eval_results:
+        samples = "" if r.get("num_samples") is None else r["num_samples"]
+        line = (f"| {r['dataset']} | {samples} | {r['accuracy']:.3f} | {number(r.get('norm_ED'), '.4f')} | "
+                f"{number(r.get('mean_confidence'), '.4f')} |")
+        if calibrated:
+            temperature = r.get("temperature")
+            ece = number(r.get("ece"), ".4f") + (f" ({temperature:.3g})" if temperature is not None else "")
+            line += f" {ece} | {number(r.get('aurc'), '.4f')} | {number(r.get('coverage_at_95'), '.3f')} |"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -171,6 +181,10 @@ def evaluation_section(eval_results: list[dict[str, Any]], extra_text: str = "")
             f"the {' and '.join(splits)} split{'s' if len(splits) > 1 else ''}, under the evaluation protocol "
             f"{', '.join(f'`{p}`' for p in protocols)} (`dtrb`: as DTRB's `test.py` computes them for those flags; "
             f"`alnum36`: both sides lowercased and reduced to [0-9a-z]).")  # fmt: skip
+    if any(r.get("ece") is not None for r in eval_results):
+        text += (" ECE: expected calibration error of the confidence (15 equal-width bins) at the model's temperature;"
+                 " AURC: area under the risk-coverage curve; coverage @ 95 %: the share of words the model can answer,"
+                 " most confident first, keeping 95 % word accuracy.")  # fmt: skip
     return text + (f"\n{extra_text}" if extra_text else "")
 
 

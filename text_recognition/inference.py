@@ -16,6 +16,7 @@ from .transforms import align_batch, load_image
 
 if TYPE_CHECKING:
     from .config import ModelConfig
+    from .decoding import DecodingOptions
     from .model import Recognition, TextRecognitionModel
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -61,10 +62,16 @@ class _LoadBatch:
 
 
 def recognize_files(
-    model: TextRecognitionModel, paths: list[Path], batch_size: int = 192, num_workers: int = 0
+    model: TextRecognitionModel,
+    paths: list[Path],
+    batch_size: int = 192,
+    num_workers: int = 0,
+    decoding: DecodingOptions | None = None,
 ) -> Iterator[FileResult]:
-    """Recognise image files, in the given order. A file that cannot be decoded yields a result with ``error`` set
-    instead of stopping the run (DTRB silently substituted a black image)."""
+    """Recognise image files, in the given order, decoded as ``decoding`` says (default greedy). A file that cannot
+    be decoded yields a result with ``error`` set instead of stopping the run (DTRB silently substituted a black
+    image)."""
+    decoder = model.decoder(decoding)
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
     if num_workers < 0:
@@ -73,6 +80,6 @@ def recognize_files(
     device = next(model.parameters()).device
     loader = DataLoader(paths, batch_size=batch_size, num_workers=num_workers, collate_fn=_LoadBatch(model.config))
     for batch_paths, tensors, errors in loader:
-        recognitions = iter(model.recognize_batch(tensors.to(device)) if tensors is not None else [])
+        recognitions = iter(model.recognize_batch(tensors.to(device), decoder) if tensors is not None else [])
         for path, error in zip(batch_paths, errors):
             yield FileResult(path, None if error else next(recognitions), error)

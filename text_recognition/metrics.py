@@ -29,6 +29,7 @@ from __future__ import annotations
 import re
 import string
 import unicodedata
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -110,6 +111,21 @@ def sample_norm_ed(prediction: str, ground_truth: str) -> float:
     if not prediction or not ground_truth:
         return 0.0
     return 1.0 - Levenshtein.distance(prediction, ground_truth) / max(len(ground_truth), len(prediction))
+
+
+def character_confusions(predictions: Sequence[str], references: Sequence[str]) -> Counter[tuple[str, str]]:
+    """Counts of ``(reference symbol, predicted symbol)`` over the Levenshtein alignment of each pair: a
+    substitution ``("l", "1")``, a deletion ``("e", "")`` (the model missed it), an insertion ``("", "e")``."""
+    counts: Counter[tuple[str, str]] = Counter()
+    for prediction, reference in zip(predictions, references):
+        for tag, src, dest in Levenshtein.editops(reference, prediction):
+            if tag == "replace":
+                counts[reference[src], prediction[dest]] += 1
+            elif tag == "delete":
+                counts[reference[src], ""] += 1
+            else:
+                counts["", prediction[dest]] += 1
+    return counts
 
 
 @dataclass

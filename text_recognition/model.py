@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from .config import ModelConfig
+from .decoding import Decoder, DecodingOptions, Recognition
 from .checkpoints import check_state_dict, read_dtrb_state_dict, verify_tps_buffers
 from .hub import build_card, is_repo_id, load_model_card_template
 from .registry import build_stage
@@ -39,13 +40,6 @@ class CharsetChange(NamedTuple):
 #: How far below the reference class (CTC blank, attention ``[s]``) a new symbol's logit starts: never the argmax,
 #: so old predictions stay as they were, and near enough to be learned quickly.
 NEW_SYMBOL_MARGIN = 10.0
-
-
-class Recognition(NamedTuple):
-    """One recognised word: its text and DTRB's confidence (product of per-step max probabilities)."""
-
-    text: str
-    confidence: float
 
 
 def init_dtrb_weights(model: nn.Module) -> None:
@@ -181,7 +175,18 @@ class TextRecognitionModel(
         return change
 
     @torch.inference_mode()
-    def recognize(self, images: ImageInput | Sequence[ImageInput], batch_size: int = 64) -> list[Recognition]:
+    def recognize(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        batch_size: int = 64,
+        *,
+        beam_width: int = 1,
+        allowlist: str | None = None,
+        blocklist: str | None = None,
+        lexicon: Iterable[str] | None = None,
+        pattern: str | None = None,
+        min_confidence: float | None = None,
+    ) -> list[Recognition]:
         """Read the text of word images.
 
         Args:
@@ -189,10 +194,25 @@ class TextRecognitionModel(
                 of any sizes (each is resized as the model was trained: stretched, or kept-ratio and padded).
             batch_size: images per forward pass (all images of a batch share one resize, so any sizes batch
                 together; call ``model.compile_encoder()`` first to compile the encoder).
+            beam_width: hypotheses kept per image (CTC prefix beam search, attention beam search); 1 is greedy.
+            allowlist: the only symbols the text may contain, e.g. ``"0123456789"``.
+            blocklist: symbols the text may not contain.
+            lexicon: words the text must be one of.
+            pattern: a regular expression the whole text must match, e.g. ``r"[A-Z]{2}\\d{4}"``.
+            min_confidence: below it the result abstains (``abstained=True``; the text is kept). A result that no
+                reading within the constraints fits also abstains, with an empty text.
 
         Returns:
-            One ``Recognition(text, confidence)`` per image, in order.
+            One ``Recognition(text, confidence, abstained)`` per image, in order. The confidence uses the model's
+            calibrated ``config.temperature`` (1.0 until ``scripts/calibrate.py`` or training fits one).
+
+        Raises:
+            ValueError: impossible constraints (an allowlist symbol outside the charset, an empty lexicon, a pattern
+                no charset string matches), or a bad ``batch_size`` / ``beam_width``.
         """
+        options = DecodingOptions(beam_width, allowlist, blocklist, tuple(lexicon) if lexicon is not None else None,
+                                  pattern, min_confidence)  # fmt: skip
+        decoder = self.decoder(options)
         if isinstance(images, (str, os.PathLike)) or not isinstance(images, Iterable) or hasattr(images, "shape"):
             images = [images]
         images = list(images)
@@ -204,20 +224,23 @@ class TextRecognitionModel(
         results: list[Recognition] = []
         try:
             for start in range(0, len(images), batch_size):
-                results += self.recognize_batch(preprocess(images[start : start + batch_size], self.config).to(device))
+                pixel_values = preprocess(images[start : start + batch_size], self.config).to(device)
+                results += self.recognize_batch(pixel_values, decoder)
         finally:
             self.train(was_training)
         return results
 
+    def decoder(self, options: DecodingOptions | None = None) -> Decoder:
+        """A ``Decoder`` for ``options`` (default: greedy) with this model's tokenizer, length and temperature;
+        build it once and pass it to ``recognize_batch`` for many batches (a large lexicon is compiled once)."""
+        return Decoder(self.tokenizer, options or DecodingOptions(), self.config.batch_max_length,
+                       self.config.temperature)  # fmt: skip
+
     @torch.inference_mode()
-    def recognize_batch(self, pixel_values: torch.Tensor) -> list[Recognition]:
-        """Greedy decoding of a preprocessed batch [B, C, img_h, img_w] (attention stops once every row ended)."""
-        features = self.encode(pixel_values)
-        if self.config.prediction == "Attn":
-            logits = self.Prediction(features, None, stop_at_eos=True)
-        else:
-            logits = self.Prediction(features)
-        return [Recognition(*r) for r in self.tokenizer.decode_with_confidence(logits)]
+    def recognize_batch(self, pixel_values: torch.Tensor, decoder: Decoder | None = None) -> list[Recognition]:
+        """Decode a preprocessed batch [B, C, img_h, img_w]: greedy by default (attention stops once every row
+        ended), or as ``decoder`` (``model.decoder(DecodingOptions(...))``) says."""
+        return (decoder or self.decoder()).decode(self.Prediction, self.encode(pixel_values))
 
     @property
     def num_parameters(self) -> int:

@@ -32,7 +32,7 @@ from .augment import TextAugment
 from .config import DataConfig, ModelConfig, TrainConfig, parse_select_data, parse_stage_names
 from .data.collate import SkipTracker
 from .data.loaders import TextData, build_eval_data, build_train_data
-from .evaluation import predict_records, score_records
+from .evaluation import calibrate, predict_records, score_records, write_temperature
 from .metrics import Protocol
 from .model import TextRecognitionModel, load_model
 from .progress import progress
@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 DASHED = "-" * 80
 CHECKPOINT_PREFIX = "checkpoint-"
+VALIDATION_HISTORY = "validation_history.jsonl"
 
 
 # ---- building blocks ----------------------------------------------------------------------------------------------
@@ -568,6 +569,22 @@ def build_data(run: Run) -> None:
         run.pusher = _Pusher(train_config.hub_model_id, train_config.hub_private_repo)
 
 
+def label_audit(run: Run) -> str:
+    """The label part of ``scripts/audit_dataset.py`` for the training sources: per source, what the filter keeps
+    and drops and why, lengths, and the symbols outside the charset with examples."""
+    from .audit import audit
+
+    data_config = run.data_config
+    if not Path(data_config.train_data).exists():
+        return f"label audit: {data_config.train_data} is streamed from the Hub; run scripts/audit_dataset.py on it."
+    parts = ["label audit (scripts/audit_dataset.py; add --images there for sizes, corrupt images, duplicates):"]
+    for token in parse_select_data(data_config.select_data):
+        report = audit(data_config.train_data, run.model_config, select_data=token,
+                       data_filtering_off=data_config.data_filtering_off, show_progress=False)  # fmt: skip
+        parts.append(f"select_data {token}:\n{report.label_table()}")
+    return "\n".join(parts)
+
+
 def write_run_files(run: Run) -> None:
     """``run_config.json``, DTRB's ``opt.txt`` and ``log_dataset.txt``, the opening summary and the trackers."""
     accelerator, model_config = run.accelerator, run.model_config
@@ -585,6 +602,7 @@ def write_run_files(run: Run) -> None:
         opt_file.write("---------------------------------------\n")
     with open(run.run_dir / "log_dataset.txt", "a", encoding="utf-8") as log_dataset:
         log_dataset.write(run.train_data.log + "\nvalidation:\n" + run.valid_data.log + DASHED + "\n")
+        log_dataset.write(label_audit(run) + "\n" + DASHED + "\n")
     tokens = parse_select_data(run.data_config.select_data)
     split = " + ".join(f"{n} {token}" for n, token in zip(run.train_data.batch_sizes, tokens))
     accelerator.print(
@@ -668,6 +686,10 @@ def validate_and_save_bests(run: Run, bar: Any, elapsed: float) -> None:
         bar.write(log)
         with open(run.run_dir / "log_train.txt", "a", encoding="utf-8") as log_train:
             log_train.write(log + "\n")
+        entry = {"step": state.iteration, "train_loss": run.meter.train_loss, "valid_loss": valid.loss,
+                 "accuracy": valid.accuracy, "norm_ED": valid.norm_ED}  # fmt: skip
+        with open(run.run_dir / VALIDATION_HISTORY, "a", encoding="utf-8") as history:
+            history.write(json.dumps(entry) + "\n")
         card = card_kwargs(run, valid)
         if improved_accuracy:
             save_model_folder(run.evaluated, run.run_dir / "best_accuracy", card)
@@ -730,6 +752,10 @@ def finish(run: Run, runtime: float) -> dict[str, Any]:
         "corrupt_images_skipped": dict(run.skips.counts),
     }
     if run.main:
+        results["calibration"] = calibrate_bests(run)
+        curves = plot_validation_curves(run)
+        if curves is not None:
+            results["validation_curves"] = curves
         if run.pusher is not None:
             results["push_errors"] = run.pusher.wait()
         (run.run_dir / "all_results.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -737,6 +763,69 @@ def finish(run: Run, runtime: float) -> dict[str, Any]:
                               f"{state.best_norm_ED:.4f}; results in {run.run_dir}")  # fmt: skip
     run.accelerator.end_training()
     return results
+
+
+def calibrate_bests(run: Run) -> dict[str, Any]:
+    """Fit the confidence temperature of each best model on the validation data, store it in its ``config.json``
+    and its card (ECE before and after, AURC, coverage at 95 % accuracy), and push the calibrated best."""
+    from huggingface_hub import ModelCard
+
+    from .hub import card_with_results
+
+    found: dict[str, Any] = {}
+    protocol = validation_protocol(run)
+    for name in ("best_accuracy", "best_norm_ED"):
+        folder = run.run_dir / name
+        if not (folder / "config.json").is_file():
+            continue
+        model = TextRecognitionModel.from_pretrained(folder).to(run.accelerator.device)
+        result = calibrate(model, run.valid_data, protocol, batch_size=run.train_config.batch_size,
+                           device=run.accelerator.device)  # fmt: skip
+        write_temperature(folder, result.temperature)
+        scores = score_records(result.records, protocol)
+        card_result = {"dataset": "validation", "dataset_type": run.data_config.valid_data, "split": "validation",
+                       "num_samples": scores.num_samples, "accuracy": scores.accuracy, "norm_ED": scores.norm_ED,
+                       "mean_confidence": scores.mean_confidence, "protocol": protocol.description,
+                       "ece": result.ece_after, "temperature": result.temperature, "aurc": result.selective["aurc"],
+                       "coverage_at_95": result.selective["coverage_at_accuracy"]["0.95"]}  # fmt: skip
+        readme = folder / "README.md"
+        if readme.is_file():
+            card = card_with_results(ModelCard.load(readme), [card_result], run.exp_name)
+            tmp = folder / ".README.md.tmp"
+            card.save(tmp)
+            tmp.replace(readme)
+        found[name] = {"temperature": result.temperature, "ece_before": result.ece_before,
+                       "ece_after": result.ece_after, **result.selective}  # fmt: skip
+        run.accelerator.print(f"{name}: calibrated on the validation data: {result.summary()}")
+        if name == "best_accuracy" and run.pusher is not None:
+            run.pusher.push(folder, f"calibrated confidence: temperature {result.temperature:.4f}")
+    return found
+
+
+def plot_validation_curves(run: Run) -> str | None:
+    """``validation_curves.png`` from the validation history, when TensorBoard does not draw them (and matplotlib
+    is installed: ``text_recognition[plots]``). The entries of steps replayed after a resume count once."""
+    if _report_to(run.train_config.report_to) == "tensorboard":
+        return None
+    path = run.run_dir / VALIDATION_HISTORY
+    if not path.is_file():
+        return None
+    try:
+        from .plots import validation_curves
+    except ImportError:
+        return None
+    by_step = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            entry = json.loads(line)
+            by_step[entry["step"]] = entry
+    try:
+        written = validation_curves([by_step[k] for k in sorted(by_step)], run.run_dir / "validation_curves.png",
+                                    title=f"{run.exp_name}: validation")  # fmt: skip
+    except ImportError:
+        logger.info("validation curves not drawn: matplotlib is not installed (pip install text_recognition[plots])")
+        return None
+    return str(written)
 
 
 # ---- checkpoints ---------------------------------------------------------------------------------------------------

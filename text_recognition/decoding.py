@@ -1,0 +1,544 @@
+"""Decoding beyond greedy: CTC prefix beam search, attention beam search, and constraints on what may be read.
+
+Constraints, usable alone or together, are compiled into one automaton over the model's charset:
+
+- ``allowlist`` / ``blocklist``: symbols that may (may not) appear;
+- ``lexicon``: a word list, as a trie: the output is one of the words;
+- ``pattern``: a regular expression the whole output must match, as a DFA built by ``interegular`` (the
+  regex-to-automaton library behind ``outlines`` and ``lm-format-enforcer``; it supports the usual syntax, not
+  back-references or look-arounds, which an automaton cannot express).
+
+Beam search keeps at most ``beam_width`` hypotheses per image and only lets a hypothesis grow by a symbol the
+automaton allows from its state; a hypothesis may end only in an accepting state. When no hypothesis in the beam can
+end (a lexicon whose words the model does not see, say), the result abstains with an empty text and confidence 0.
+
+Confidences keep the meaning of the greedy ones, so that a threshold or a calibration carries over:
+
+- CTC: the probability of the best alignment of the decoded text (for greedy decoding, the product of the
+  per-frame maxima, as DTRB computes it);
+- attention: the product of the probabilities of the emitted symbols before ``[s]`` (0.0 for an empty text).
+
+Probabilities are the model's own (softmax of the logits divided by the model's ``temperature``), never
+renormalised over the allowed symbols: a constrained reading that the model finds unlikely keeps a low confidence.
+``beam_width=1`` without constraints is the greedy decoding of ``tokenizer.decode_with_confidence``, bit for bit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .tokenizer import BLANK_ID, EOS_ID, GO_ID
+
+if TYPE_CHECKING:
+    from .stages.prediction import Attention
+    from .tokenizer import Tokenizer
+
+NEG_INF = float("-inf")
+
+
+class _TextConfidence(NamedTuple):
+    text: str
+    confidence: float
+
+
+class Recognition(_TextConfidence):
+    """One recognised word: ``text``, ``confidence``, and ``abstained``: whether the reading abstained (its
+    confidence is below ``min_confidence``, or no reading satisfies the constraints).
+
+    It unpacks as the pair ``text, confidence`` (as before ``abstained`` existed); ``abstained`` is an attribute.
+    """
+
+    abstained: bool
+
+    def __new__(cls, text: str, confidence: float, abstained: bool = False) -> Recognition:
+        self = super().__new__(cls, text, confidence)
+        self.abstained = bool(abstained)
+        return self
+
+    def __getnewargs__(self) -> tuple[str, float, bool]:  # pickling keeps abstained
+        return (self.text, self.confidence, self.abstained)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Recognition):
+            return tuple(self) == tuple(other) and self.abstained == other.abstained
+        return tuple.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return hash((self.text, self.confidence, self.abstained))
+
+    def __repr__(self) -> str:
+        return f"Recognition(text={self.text!r}, confidence={self.confidence!r}, abstained={self.abstained!r})"
+
+
+@dataclass(frozen=True)
+class DecodingOptions:
+    """How to turn a model's outputs into text.
+
+    Args:
+        beam_width: hypotheses kept per image; 1 is greedy decoding (with constraints: greedy over what they allow).
+        allowlist: the only symbols the output may contain.
+        blocklist: symbols the output may not contain.
+        lexicon: the words the output must be one of (trie-constrained beam search).
+        pattern: a regular expression the whole output must match.
+        min_confidence: below this confidence the result abstains (its text is kept, ``abstained`` is set).
+    """
+
+    beam_width: int = 1
+    allowlist: str | None = None
+    blocklist: str | None = None
+    lexicon: tuple[str, ...] | None = None
+    pattern: str | None = None
+    min_confidence: float | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.beam_width, bool) or not isinstance(self.beam_width, int) or self.beam_width < 1:
+            raise ValueError(f"beam_width must be an integer of at least 1, got {self.beam_width!r}.")
+        if self.lexicon is not None:
+            if isinstance(self.lexicon, str):
+                raise ValueError("lexicon must be a list of words, not one string (use read_lexicon for a file).")
+            object.__setattr__(self, "lexicon", tuple(dict.fromkeys(self.lexicon)))
+        if self.min_confidence is not None and not 0.0 <= self.min_confidence <= 1.0:
+            raise ValueError(f"min_confidence must be within [0, 1], got {self.min_confidence}.")
+
+    @property
+    def constrained(self) -> bool:
+        return any(v is not None for v in (self.allowlist, self.blocklist, self.lexicon, self.pattern))
+
+    @property
+    def is_greedy(self) -> bool:
+        """Plain greedy decoding: the fast path, identical to what ``decode_with_confidence`` returns."""
+        return self.beam_width == 1 and not self.constrained
+
+    def to_json(self, words: bool = True) -> dict[str, Any]:
+        """A JSON-ready description; the lexicon as its words, or with ``words=False`` as ``lexicon_size``."""
+        values = dataclasses.asdict(self)
+        lexicon = values.pop("lexicon")
+        if words:
+            values["lexicon"] = list(lexicon) if lexicon is not None else None
+        else:
+            values["lexicon_size"] = len(lexicon) if lexicon is not None else None
+        return values
+
+
+def read_lexicon(path: str | os.PathLike) -> tuple[str, ...]:
+    """Words of a lexicon file: one per line, UTF-8 (a BOM is ignored), blank lines skipped, surrounding
+    whitespace stripped."""
+    with open(path, encoding="utf-8-sig") as file:
+        words = tuple(dict.fromkeys(line.strip() for line in file if line.strip()))
+    if not words:
+        raise ValueError(f"The lexicon {os.fspath(path)!r} has no words: put one word per line.")
+    return words
+
+
+# ---- constraints as an automaton over the charset -----------------------------------------------------------------
+
+
+class Constraint:
+    """The product of the symbol filter, the lexicon trie and the pattern DFA, over the charset's symbols.
+
+    States are hashable tuples; ``moves(state)`` maps each allowed next symbol (its charset position) to the next
+    state, and ``accepts(state)`` says whether the text may end there.
+
+    Raises:
+        ValueError: an allowlist or blocklist symbol outside the charset, an empty lexicon (or one with no word the
+            charset, the symbol filter, ``max_length`` and the pattern allow), an invalid or unsupported pattern, or a
+            pattern no string of the allowed symbols of at most ``max_length`` characters can match.
+    """
+
+    def __init__(self, character: str, options: DecodingOptions, max_length: int) -> None:
+        self.character = character
+        self.max_length = max_length
+        allowed = set(character)
+        for name in ("allowlist", "blocklist"):
+            symbols = getattr(options, name)
+            if symbols is None:
+                continue
+            outside = sorted(set(symbols) - set(character))
+            if outside:
+                raise ValueError(
+                    f"The {name} has symbols outside the model's charset: {''.join(outside)!r}. The model can only "
+                    f"read {character!r}; remove them from the {name}."
+                )
+            allowed = allowed & set(symbols) if name == "allowlist" else allowed - set(symbols)
+        if not allowed:
+            raise ValueError("The allowlist and blocklist leave no symbol to read: nothing can be recognised.")
+        self.symbol_allowed = np.array([c in allowed for c in character], dtype=bool)
+        self._trie = _Trie.build(options.lexicon, allowed, max_length) if options.lexicon is not None else None
+        self._dfa = _Dfa(options.pattern, character) if options.pattern is not None else None
+        self._cache: dict[tuple, dict[int, tuple]] = {}
+        self._position = {c: i for i, c in enumerate(character)}
+        self.start = (0 if self._trie else None, self._dfa.initial if self._dfa else None)
+        if self._dfa is not None:
+            if self._trie is not None:
+                if not any(self._dfa.matches(word) for word in self._trie.words):
+                    raise ValueError(f"No word of the lexicon matches the pattern {options.pattern!r}.")
+            elif not self._can_accept(self.start):
+                raise ValueError(
+                    f"The pattern {options.pattern!r} matches no string of the model's charset "
+                    f"({''.join(c for c in character if c in allowed)!r}) of at most {max_length} characters."
+                )
+
+    def moves(self, state: tuple) -> dict[int, tuple]:
+        """Allowed next symbols (charset positions) -> next states."""
+        cached = self._cache.get(state)
+        if cached is not None:
+            return cached
+        node, dfa_state = state
+        moves: dict[int, tuple] = {}
+        if self._trie is not None:
+            candidates = self._trie.children[node].items()
+        else:
+            candidates = ((c, None) for c in self.character)
+        for char, child in candidates:
+            position = self._position[char]
+            if not self.symbol_allowed[position]:
+                continue
+            next_dfa = None
+            if self._dfa is not None:
+                next_dfa = self._dfa.step(dfa_state, char)
+                if next_dfa is None or not self._dfa.live[next_dfa]:
+                    continue
+            moves[position] = (child, next_dfa)
+        self._cache[state] = moves
+        return moves
+
+    def accepts(self, state: tuple) -> bool:
+        node, dfa_state = state
+        if self._trie is not None and not self._trie.is_word[node]:
+            return False
+        return self._dfa is None or dfa_state in self._dfa.finals
+
+    def allows(self, text: str) -> bool:
+        """Whether ``text`` satisfies every constraint."""
+        state = self.start
+        for char in text:
+            position = self.character.find(char)
+            if position < 0 or position not in self.moves(state):
+                return False
+            state = self.moves(state)[position]
+        return self.accepts(state)
+
+    def _can_accept(self, start: tuple) -> bool:
+        frontier, seen = [start], {start}
+        for _ in range(self.max_length + 1):
+            if any(self.accepts(s) for s in frontier):
+                return True
+            frontier = [n for s in frontier for n in self.moves(s).values() if n not in seen]
+            seen.update(frontier)
+            if not frontier:
+                return False
+        return False
+
+
+class _Trie:
+    """A lexicon as a trie: node 0 is the root; ``children[node]`` maps a symbol to a child node."""
+
+    def __init__(self) -> None:
+        self.children: list[dict[str, int]] = [{}]
+        self.is_word: list[bool] = [False]
+        self.words: list[str] = []
+        self.skipped: list[str] = []
+
+    @classmethod
+    def build(cls, words: Iterable[str], allowed: set[str], max_length: int) -> _Trie:
+        trie = cls()
+        words = list(words)
+        if not words:
+            raise ValueError("The lexicon is empty: give at least one word.")
+        skipped = []
+        for word in words:
+            if not word or len(word) > max_length or any(c not in allowed for c in word):
+                skipped.append(word)
+                continue
+            node = 0
+            for char in word:
+                child = trie.children[node].get(char)
+                if child is None:
+                    child = len(trie.children)
+                    trie.children[node][char] = child
+                    trie.children.append({})
+                    trie.is_word.append(False)
+                node = child
+            trie.is_word[node] = True
+            trie.words.append(word)
+        if not trie.words:
+            raise ValueError(
+                f"No word of the lexicon ({len(words)} words, e.g. {words[:3]}) can be read: every word is empty, "
+                f"longer than {max_length} characters or has symbols outside the allowed charset."
+            )
+        trie.skipped = skipped
+        return trie
+
+
+class _Dfa:
+    """A pattern as a DFA over characters (``interegular``), pruned to the states that can still reach a final one."""
+
+    def __init__(self, pattern: str, character: str) -> None:
+        import interegular
+
+        try:
+            fsm = interegular.parse_pattern(pattern).to_fsm()
+        except Exception as error:  # interegular raises its own exception types for syntax and unsupported features
+            raise ValueError(f"Cannot use the pattern {pattern!r}: {error}") from None
+        self.initial = fsm.initial
+        self.finals = set(fsm.finals)
+        self._map = fsm.map
+        self._alphabet = fsm.alphabet
+        self._classes = {c: self._alphabet[c] for c in character}
+        # live states: those from which a final state is reachable (through any symbol class)
+        reverse: dict[int, set[int]] = {}
+        for state, transitions in self._map.items():
+            for target in transitions.values():
+                reverse.setdefault(target, set()).add(state)
+        live, frontier = set(self.finals), list(self.finals)
+        while frontier:
+            for source in reverse.get(frontier.pop(), ()):
+                if source not in live:
+                    live.add(source)
+                    frontier.append(source)
+        self.live = {state: state in live for state in self._map}
+
+    def step(self, state: int, char: str) -> int | None:
+        symbol = self._classes.get(char)
+        if symbol is None:
+            symbol = self._alphabet[char]
+        return self._map.get(state, {}).get(symbol)
+
+    def matches(self, text: str) -> bool:
+        state = self.initial
+        for char in text:
+            state = self.step(state, char)
+            if state is None:
+                return False
+        return state in self.finals
+
+
+def build_constraint(character: str, options: DecodingOptions, max_length: int) -> Constraint | None:
+    if not options.constrained:
+        return None
+    return Constraint(character, options, max_length)
+
+
+# ---- decoders -------------------------------------------------------------------------------------------------------
+
+
+class Decoder:
+    """Decodes a model's outputs under ``DecodingOptions``; built once per option set and reused across batches.
+
+    Args:
+        tokenizer: the model's tokenizer (CTC or attention).
+        options: the decoding options.
+        max_length: the longest text allowed (the model's ``batch_max_length``).
+        temperature: logits are divided by it before the softmax (the model's calibrated ``temperature``).
+    """
+
+    def __init__(self, tokenizer: Tokenizer, options: DecodingOptions, max_length: int,
+                 temperature: float = 1.0) -> None:  # fmt: skip
+        self.tokenizer = tokenizer
+        self.options = options
+        self.temperature = temperature
+        self.constraint = build_constraint(tokenizer.character, options, max_length)
+        self.offset = len(tokenizer.special_tokens)  # class id = charset position + offset
+        self.is_ctc = tokenizer.special_tokens == ("[CTCblank]",)
+
+    def decode_logits(self, logits: torch.Tensor) -> list[Recognition]:
+        """CTC logits [B, T, C], or attention logits of a greedy run (greedy options only for attention)."""
+        if self.options.is_greedy:
+            scaled = logits if self.temperature == 1.0 else logits / self.temperature
+            return self._abstain([Recognition(*r) for r in self.tokenizer.decode_with_confidence(scaled)])
+        if not self.is_ctc:
+            raise ValueError("Attention beam search and constraints decode from encoder features: use decode().")
+        log_probs = (logits.detach().float() / self.temperature).log_softmax(2).cpu().numpy()
+        return self._abstain([self._ctc_beam(row) for row in log_probs])
+
+    def decode(self, head: torch.nn.Module, features: torch.Tensor) -> list[Recognition]:
+        """Decode from encoder features [B, T, F] with the prediction head ``head``."""
+        if self.is_ctc:
+            return self.decode_logits(head(features))
+        if self.options.is_greedy:
+            return self.decode_logits(head(features, None, stop_at_eos=True))
+        return self._abstain(self._attention_beam(head, features))
+
+    def _abstain(self, results: list[Recognition]) -> list[Recognition]:
+        threshold = self.options.min_confidence
+        if threshold is None:
+            return results
+        return [Recognition(r.text, r.confidence, r.abstained or r.confidence < threshold) for r in results]
+
+    # -- CTC --
+
+    def _ctc_beam(self, log_probs: np.ndarray) -> Recognition:
+        """CTC prefix beam search over log-probabilities [T, C] (blank = 0), constrained by the automaton."""
+        width, constraint = self.options.beam_width, self.constraint
+        start = constraint.start if constraint is not None else None
+        # prefix -> [log p(ending in a blank), log p(ending in its last symbol), automaton state]
+        beams: dict[tuple[int, ...], list] = {(): [0.0, NEG_INF, start]}
+        for frame in log_probs:
+            blank = frame[BLANK_ID]
+            grown: dict[tuple[int, ...], list] = {}
+            symbol_order = np.argsort(-frame[1:])  # charset positions, most likely first
+
+            def entry(prefix: tuple[int, ...], state) -> list:
+                found = grown.get(prefix)
+                if found is None:
+                    found = grown[prefix] = [NEG_INF, NEG_INF, state]
+                return found
+
+            for prefix, (p_blank, p_symbol, state) in beams.items():
+                total = np.logaddexp(p_blank, p_symbol)
+                here = entry(prefix, state)
+                here[0] = np.logaddexp(here[0], total + blank)
+                if prefix:
+                    last = prefix[-1]
+                    here[1] = np.logaddexp(here[1], p_symbol + frame[last + 1])  # the last symbol repeated
+                moves = constraint.moves(state) if constraint is not None else None
+                taken = 0
+                for position in symbol_order:
+                    if taken == width:
+                        break
+                    position = int(position)
+                    if moves is not None and position not in moves:
+                        continue
+                    taken += 1
+                    extended = entry(prefix + (position,), moves[position] if moves is not None else None)
+                    source = p_blank if prefix and prefix[-1] == position else total  # a repeat needs a blank between
+                    extended[1] = np.logaddexp(extended[1], source + frame[position + 1])
+            beams = dict(sorted(grown.items(), key=lambda item: -np.logaddexp(item[1][0], item[1][1]))[:width])
+        ending = [(prefix, value) for prefix, value in beams.items()
+                  if constraint is None or constraint.accepts(value[2])]  # fmt: skip
+        if not ending:
+            return Recognition("", 0.0, True)
+        prefix, _ = max(ending, key=lambda item: np.logaddexp(item[1][0], item[1][1]))
+        text = "".join(self.tokenizer.character[p] for p in prefix)
+        return Recognition(text, math.exp(ctc_best_path_log_prob(log_probs, [p + 1 for p in prefix])))
+
+    # -- attention --
+
+    @torch.no_grad()
+    def _attention_beam(self, head: Attention, features: torch.Tensor) -> list[Recognition]:
+        """Beam search through the attention decoder, all images' beams in one batch [B * K]."""
+        width, constraint = self.options.beam_width, self.constraint
+        batch, num_classes = features.size(0), head.num_classes
+        device = features.device
+        batch_H = features.repeat_interleave(width, dim=0)
+        batch_H_proj = head.attention_cell.i2h(batch_H)
+        zeros = batch_H.new_zeros(batch * width, head.hidden_size)
+        hidden = (zeros, zeros.clone())
+        tokens = torch.full((batch * width,), GO_ID, dtype=torch.long, device=device)
+        scores = np.full((batch, width), NEG_INF)
+        scores[:, 0] = 0.0  # all beams start identical: keep one
+        confidences = np.zeros((batch, width))  # log-probability of the emitted symbols, [s] excluded
+        finished = np.zeros((batch, width), dtype=bool)
+        states = [[constraint.start if constraint is not None else None] * width for _ in range(batch)]
+        texts: list[list[list[int]]] = [[[] for _ in range(width)] for _ in range(batch)]
+        mask_cache: dict[Any, np.ndarray] = {}
+
+        def allowed(state) -> np.ndarray:
+            mask = mask_cache.get(state)
+            if mask is None:
+                mask = np.zeros(num_classes, dtype=bool)
+                if constraint is None:
+                    mask[self.offset :] = True
+                    mask[EOS_ID] = True
+                else:
+                    mask[[p + self.offset for p in constraint.moves(state)]] = True
+                    mask[EOS_ID] = constraint.accepts(state)
+                mask_cache[state] = mask
+            return mask
+
+        num_steps = head.batch_max_length + 1
+        for step in range(num_steps):
+            onehots = F.one_hot(tokens, num_classes).to(batch_H.dtype)
+            hidden, _ = head.attention_cell(hidden, batch_H, onehots, batch_H_proj)
+            logits = head.generator(hidden[0]).float() / self.temperature
+            log_probs = logits.log_softmax(1).cpu().numpy().reshape(batch, width, num_classes)
+            candidates = np.full((batch, width, num_classes), NEG_INF)
+            for b in range(batch):
+                for k in range(width):
+                    if scores[b, k] == NEG_INF:
+                        continue
+                    if finished[b, k]:
+                        candidates[b, k, EOS_ID] = scores[b, k]  # a finished beam stays as it is
+                        continue
+                    mask = allowed(states[b][k])
+                    candidates[b, k, mask] = scores[b, k] + log_probs[b, k, mask]
+            flat = candidates.reshape(batch, -1)
+            order = np.argsort(-flat, axis=1, kind="stable")[:, :width]
+            new_scores = np.take_along_axis(flat, order, axis=1)
+            source_beam, token = order // num_classes, order % num_classes
+            new_states, new_texts = [], []
+            new_conf = np.zeros_like(confidences)
+            new_finished = np.zeros_like(finished)
+            for b in range(batch):
+                row_states, row_texts = [], []
+                for k in range(width):
+                    src, tok = int(source_beam[b, k]), int(token[b, k])
+                    state, text = states[b][src], texts[b][src]
+                    new_conf[b, k] = confidences[b, src]
+                    if tok == EOS_ID or finished[b, src]:
+                        new_finished[b, k] = True
+                    elif new_scores[b, k] != NEG_INF:
+                        position = tok - self.offset
+                        state = constraint.moves(state)[position] if constraint is not None else None
+                        text = text + [position]
+                        new_conf[b, k] += log_probs[b, src, tok]
+                    row_states.append(state)
+                    row_texts.append(text)
+                new_states.append(row_states)
+                new_texts.append(row_texts)
+            scores, states, texts, confidences, finished = new_scores, new_states, new_texts, new_conf, new_finished
+            reorder = torch.as_tensor((np.arange(batch)[:, None] * width + source_beam).reshape(-1), device=device)
+            hidden = (hidden[0][reorder], hidden[1][reorder])
+            tokens = torch.as_tensor(token.reshape(-1), device=device)
+            if bool(np.all(finished | (scores == NEG_INF))):
+                break
+        # out of steps without [s]: the text stands as it is (as in greedy decoding) where the constraints accept it
+        for b in range(batch):
+            for k in range(width):
+                if not finished[b, k] and (constraint is None or constraint.accepts(states[b][k])):
+                    finished[b, k] = True
+        results = []
+        for b in range(batch):
+            ending = np.where(finished[b], scores[b], NEG_INF)
+            best = int(np.argmax(ending))
+            if ending[best] == NEG_INF:
+                results.append(Recognition("", 0.0, True))
+                continue
+            text = "".join(self.tokenizer.character[p] for p in texts[b][best])
+            results.append(Recognition(text, float(np.exp(confidences[b, best])) if text else 0.0))
+        return results
+
+
+def ctc_best_path_log_prob(log_probs: np.ndarray, ids: list[int]) -> float:
+    """Log-probability of the most likely CTC alignment of ``ids`` (class ids, no blanks) under log-probabilities
+    [T, C] (blank = 0): the Viterbi pass over the blank-interleaved label."""
+    extended = [BLANK_ID]
+    for i in ids:
+        extended += [i, BLANK_ID]
+    extended = np.array(extended)
+    states = len(extended)
+    best = np.full(states, NEG_INF)
+    best[0] = log_probs[0, BLANK_ID]
+    if states > 1:
+        best[1] = log_probs[0, extended[1]]
+    # a move over two states (skipping a blank) is allowed between different symbols
+    skip = np.zeros(states, dtype=bool)
+    skip[2:] = (extended[2:] != BLANK_ID) & (extended[2:] != extended[:-2])
+    for frame in log_probs[1:]:
+        stay = best
+        step = np.concatenate([[NEG_INF], best[:-1]])
+        jump = np.where(skip, np.concatenate([[NEG_INF, NEG_INF], best[:-2]]), NEG_INF)
+        best = np.maximum(np.maximum(stay, step), jump) + frame[extended]
+    return float(np.max(best[-2:])) if states > 1 else float(best[-1])
