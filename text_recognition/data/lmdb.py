@@ -41,13 +41,17 @@ def open_lmdb(path: str | os.PathLike) -> lmdb.Environment:
     return lmdb.open(os.fspath(path), max_readers=126, readonly=True, lock=False, readahead=False, meminit=False)
 
 
-# py-lmdb refuses to open one path twice in a process, so readers of the same LMDB (a training source and an
-# audit's reader, say) share one environment per process, closed when the last of them closes.
-_SHARED: dict[str, list] = {}  # real path -> [environment, open readers, pid]
+# py-lmdb refuses to open one data file twice in a process, so readers of the same LMDB (a training source and an
+# audit's reader, say) share one environment per process, closed when the last of them closes. Keyed by the data
+# file's device and inode: a symlinked path shares, an LMDB rewritten at the same path gets a fresh environment.
+_SHARED: dict[tuple[int, int], list] = {}  # (st_dev, st_ino) -> [environment, open readers, pid]
 
 
-def _acquire(path: Path) -> lmdb.Environment:
-    key, pid = os.path.realpath(path), os.getpid()
+def _acquire(path: Path) -> tuple[tuple[int, int], lmdb.Environment]:
+    if not is_lmdb(path):
+        raise FileNotFoundError(f"No LMDB at {os.fspath(path)!r}: it has no data.mdb.")
+    stat = (Path(path) / "data.mdb").stat()
+    key, pid = (stat.st_dev, stat.st_ino), os.getpid()
     entry = _SHARED.get(key)
     if entry is not None and entry[2] != pid:  # inherited through fork: unusable here
         entry[0].close()
@@ -55,11 +59,10 @@ def _acquire(path: Path) -> lmdb.Environment:
     if entry is None:
         entry = _SHARED[key] = [open_lmdb(path), 0, pid]
     entry[1] += 1
-    return entry[0]
+    return key, entry[0]
 
 
-def _release(path: Path) -> None:
-    key = os.path.realpath(path)
+def _release(key: tuple[int, int]) -> None:
     entry = _SHARED.get(key)
     if entry is not None and entry[2] == os.getpid():
         entry[1] -= 1
@@ -123,13 +126,13 @@ class LmdbReader:
         self.path = Path(path)
         self._env: lmdb.Environment | None = None
         self._pid: int | None = None
-        if not is_lmdb(self.path):
-            raise FileNotFoundError(f"No LMDB at {os.fspath(self.path)!r}: it has no data.mdb.")
+        self._key: tuple[int, int] | None = None
+        key, env = _acquire(self.path)
         try:
-            with _acquire(self.path).begin() as txn:
+            with env.begin() as txn:
                 raw = txn.get(NUM_SAMPLES_KEY)
         finally:
-            _release(self.path)
+            _release(key)
         if raw is None:
             raise LmdbFormatError(
                 f"The LMDB at {str(self.path)!r} has no 'num-samples' key, so it is not in DTRB's format (written by "
@@ -157,13 +160,13 @@ class LmdbReader:
     @property
     def env(self) -> lmdb.Environment:
         if self._env is None or self._pid != os.getpid():  # first use, or inherited through fork
-            self._env = _acquire(self.path)
+            self._key, self._env = _acquire(self.path)
             self._pid = os.getpid()
         return self._env
 
     def close(self) -> None:
         if self._env is not None and self._pid == os.getpid():
-            _release(self.path)
+            _release(self._key)
         self._env = None
 
     def __enter__(self) -> LmdbReader:

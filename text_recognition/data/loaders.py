@@ -62,9 +62,9 @@ def filtered_sources(
             raise FileNotFoundError(f"{error} (select_data token {select!r})") from None
         for name, folder in sources.items():
             if is_lmdb(folder):
-                reader_scan = cached_scan(LmdbReader(folder), rules)
-                source = LmdbSource(folder, reader_scan.kept)
-                scanned = reader_scan
+                with LmdbReader(folder) as reader:
+                    scanned = cached_scan(reader, rules)
+                source = LmdbSource(folder, scanned.kept)
             else:
                 dataset = datasets.load_from_disk(os.fspath(folder)).cast_column("image", datasets.Image(decode=False))
                 source, scanned = filter_dataset(dataset, rules)
