@@ -16,7 +16,9 @@ channels) on the batch's images, with Adam. Reported per N and pipeline:
 
 - seconds from starting the child process to the end of the first training step;
 - peak RSS of the process tree (main + DataLoader workers, summed at each 50 ms sample) and the peak RSS of the
-  main process and of the largest worker, over the first step and ``--steps`` more;
+  main process and of the largest worker, and the largest worker's peak private dirty memory (RSS counts the pages
+  a forked worker shares with the main process, and the clean pages of the LMDB's memory map it has read), over
+  the first step and ``--steps`` more;
 - extra disk written: growth of the data tree, the datasets cache and the temporary folder.
 
     python benchmarks/scale.py                          # N = 100k, 1M, 2M; 2 workers; batch 32
@@ -76,6 +78,19 @@ def make_tree(root: Path, num_samples: int) -> None:
         picks = np.random.default_rng(seed).integers(0, len(pool), count)
         samples = ((images[i % len(images)], pool[p]) for i, p in enumerate(picks.tolist()))
         write_lmdb(samples, root / name, map_size=max(1 << 28, count * 400))
+
+
+def private_dirty(pid: int) -> int:
+    """Bytes of the process's private dirty pages (anonymous memory it allocated or copied on write; not the clean
+    file-backed pages of an LMDB's memory map, which the kernel reclaims at will), from /proc/PID/smaps_rollup."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as rollup:
+            for line in rollup:
+                if line.startswith("Private_Dirty:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def folder_bytes(path: Path) -> int:
@@ -162,7 +177,7 @@ def run_child(pipeline: str, root: Path, args: argparse.Namespace) -> dict:
         reader = threading.Thread(target=read, daemon=True)
         reader.start()
         parent = psutil.Process(process.pid)
-        peak_tree = peak_main = peak_worker = 0
+        peak_tree = peak_main = peak_worker = peak_worker_uss = 0
         workers_seen: set[int] = set()
         while process.poll() is None:
             try:
@@ -170,15 +185,17 @@ def run_child(pipeline: str, root: Path, args: argparse.Namespace) -> dict:
                 children = parent.children(recursive=True)
             except psutil.NoSuchProcess:
                 break
-            worker_rss = []
+            worker_rss, worker_uss = [], []
             for proc in children:
                 try:
                     worker_rss.append(proc.memory_info().rss)
+                    worker_uss.append(private_dirty(proc.pid))
                     workers_seen.add(proc.pid)
                 except psutil.NoSuchProcess:
                     pass
             peak_main = max(peak_main, main_rss)
             peak_worker = max([peak_worker, *worker_rss])
+            peak_worker_uss = max([peak_worker_uss, *worker_uss])
             peak_tree = max(peak_tree, main_rss + sum(worker_rss))
             time.sleep(0.05)
         process.wait()
@@ -187,8 +204,10 @@ def run_child(pipeline: str, root: Path, args: argparse.Namespace) -> dict:
             raise RuntimeError(f"{pipeline} child failed with exit code {process.returncode}")
         extra = folder_bytes(root) - data_before + folder_bytes(cache) + folder_bytes(tmp)
     phases = ", ".join(f"{mark.lower()} {seconds:.1f}" for mark, seconds in marks.items())
-    return {"phases": phases, "first_step_s": marks.get("FIRST_STEP", float("nan")), "peak_tree_mib": peak_tree / 2**20,
+    return {"phases": phases, "first_step_s": marks.get("FIRST_STEP", float("nan")),
+            "peak_tree_mib": peak_tree / 2**20,
             "peak_main_mib": peak_main / 2**20, "peak_worker_mib": peak_worker / 2**20,
+            "peak_worker_uss_mib": peak_worker_uss / 2**20,
             "worker_processes": len(workers_seen), "extra_disk_mib": extra / 2**20}  # fmt: skip
 
 
@@ -232,8 +251,9 @@ def main() -> None:
         timing.footer(start_time)
         return
     print("| N | pipeline | first step (s) | peak RSS tree (MiB) | peak RSS main (MiB) | peak RSS per worker (MiB) "
-          "| worker processes | extra disk (MiB) | LMDB (MiB) | load (1 min) |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|", flush=True)
+          "| peak private dirty per worker (MiB) | worker processes | extra disk (MiB) | LMDB (MiB) "
+          "| load (1 min) |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
     for size in args.sizes:
         with tempfile.TemporaryDirectory(prefix="scale_lmdb_", dir=args.scratch) as tmp:
             root = Path(tmp) / "data"
@@ -246,6 +266,7 @@ def main() -> None:
                 r = run_child(pipeline, root, args)
                 print(f"| {size:,} | {'ours' if pipeline == 'ours' else 'DTRB style'} | {r['first_step_s']:.1f} | "
                       f"{r['peak_tree_mib']:.0f} | {r['peak_main_mib']:.0f} | {r['peak_worker_mib']:.0f} | "
+                      f"{r['peak_worker_uss_mib']:.0f} | "
                       f"{r['worker_processes']} | {r['extra_disk_mib']:.2f} | {lmdb_mib:.0f} | "
                       f"{os.getloadavg()[0]:.1f} |", flush=True)  # fmt: skip
                 print(f"<!-- {pipeline} at {size:,}, seconds since start: {r['phases']} -->", flush=True)

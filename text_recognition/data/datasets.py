@@ -24,7 +24,7 @@ from ..hub import is_repo_id
 from .labels import LabelRules
 from .lmdb_index import LabelScan, scan
 from ..progress import progress as progress_bar
-from .lmdb import LmdbReader, find_sources, is_lmdb, select_sources
+from .lmdb import LmdbReader, find_sources, is_lmdb, lmdb_fingerprint, select_sources
 
 if TYPE_CHECKING:
     from ..config import ModelConfig
@@ -42,15 +42,6 @@ def is_dataset_folder(path: str | os.PathLike) -> bool:
 
 def is_source(path: str | os.PathLike) -> bool:
     return is_lmdb(path) or is_dataset_folder(path)
-
-
-def lmdb_fingerprint(path: str | os.PathLike) -> str:
-    """Changes whenever the LMDB is rewritten: its resolved path, sample count, size and modification time."""
-    path = Path(path).resolve()
-    stat = (path / "data.mdb").stat()
-    num_samples = len(LmdbReader(path))
-    key = f"{path}|{num_samples}|{stat.st_size}|{stat.st_mtime_ns}"
-    return hashlib.sha256(key.encode()).hexdigest()[:20]
 
 
 def image_is_readable(data: bytes, full_decode: bool = False) -> bool:

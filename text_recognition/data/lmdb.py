@@ -7,6 +7,7 @@ DataLoader worker opens its own (DTRB opened it in the parent, which breaks on W
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -248,3 +249,12 @@ def select_sources(sources: dict[str, Path], select_data: str) -> dict[str, Path
         return dict(sources)
     token = select_data.strip("/")
     return {name: path for name, path in sources.items() if name.startswith(token)}
+
+
+def lmdb_fingerprint(path: str | os.PathLike) -> str:
+    """Changes whenever the LMDB is rewritten: its resolved path, sample count, size and modification time."""
+    path = Path(path).resolve()
+    stat = (path / "data.mdb").stat()
+    num_samples = len(LmdbReader(path))
+    key = f"{path}|{num_samples}|{stat.st_size}|{stat.st_mtime_ns}"
+    return hashlib.sha256(key.encode()).hexdigest()[:20]

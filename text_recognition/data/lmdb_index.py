@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from .labels import KEPT, OUT_OF_CHARSET, LabelRules
-from .lmdb import LmdbFormatError, LmdbReader, image_key, label_key
+from .lmdb import LmdbFormatError, LmdbReader, image_key, label_key, lmdb_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -175,8 +175,6 @@ def scan_labels(reader: LmdbReader, rules: LabelRules) -> LabelScan:
 
 
 def _cache_stem(reader: LmdbReader, rules: LabelRules) -> str:
-    from .datasets import lmdb_fingerprint
-
     key = f"{lmdb_fingerprint(reader.path)}|{_rules_key(rules)}"
     return hashlib.sha256(key.encode()).hexdigest()[:24]
 
