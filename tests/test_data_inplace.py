@@ -196,3 +196,13 @@ def test_data_filtering_off_label_changes_are_warned_not_silent(tmp_path, caplog
         build_train_data(tmp_path / "data", CONFIG, select_data="S", batch_ratio="1", batch_size=2,
                          data_filtering_off=True)  # fmt: skip
     assert any("keeps 1 sample(s)" in r.getMessage() and "'a b!' -> 'ab'" in r.getMessage() for r in caplog.records)
+
+
+def test_unwritable_label_cache_only_warns_and_scans_from_memory(tmp_path, caplog):
+    make_lmdb(tmp_path / "db", ["ab", "a b"])
+    (tmp_path / "not_a_folder").write_text("a file where the cache folder would go")
+    with caplog.at_level(logging.WARNING, logger="text_recognition.data.lmdb_index"):
+        result = cached_scan(LmdbReader(tmp_path / "db"), LabelRules(CONFIG.character, 25),
+                             cache_dir=tmp_path / "not_a_folder" / "cache")  # fmt: skip
+    assert list(result.kept) == [0] and not result.cached
+    assert any("Could not cache the label pass" in r.getMessage() for r in caplog.records)
