@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import io
-import json
 import os
 import subprocess
 import sys

@@ -280,7 +280,7 @@ class LmdbSource:
             return {"image": {"bytes": image, "path": None}, "label": label}
         if isinstance(key, str):
             if key != "label":
-                raise KeyError(f"LmdbSource has columns 'image' and 'label'; column access is for 'label' only.")
+                raise KeyError("LmdbSource has columns 'image' and 'label'; column access is for 'label' only.")
             with self.reader.env.begin() as txn:
                 return [txn.get(label_key(self._lmdb_index(i))).decode("utf-8") for i in range(self.num_rows)]
         if isinstance(key, slice):
