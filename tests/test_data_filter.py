@@ -64,16 +64,54 @@ def test_filter_does_not_touch_images():
     assert len(filter_labels(dataset, ModelConfig())) == 1
 
 
-def test_custom_charset_regex_quirks_are_reproduced_but_never_leak():
-    # DTRB pastes the charset into [^...]: "a-c" is a range, so "b" passes its filter. The tokenizer would then
-    # crash on it (DTRB did); the cleaned label drops it instead.
+def test_custom_charset_a_dash_c_label_b_is_dropped_not_trained_as_empty():
+    # DTRB pasted the charset into [^...]: "a-c" was a range, so "b" passed its filter and trained as "". A custom
+    # charset is escaped: "-" is a symbol, "b" is outside it.
     rules = LabelRules("a-c", 25)
-    assert rules.reason("b") == K and rules.clean("b") == ""
-    assert rules.reason("a-c") == OUT  # and "-" itself is not in the class: it made the range
+    assert rules.reason("b") == OUT and rules.dtrb_reason("b") == K
+    assert rules.reason("a-c") == K and rules.clean("a-c") == "a-c"
     assert rules.reason("d") == OUT
-    assert charset_quirks("a-c") == ("-", "b")
+    assert charset_quirks("a-c") == ("-", "b")  # what DTRB's regex would have done
     rejected, accepted = charset_quirks(ModelConfig(sensitive=True).character)
     assert rejected == "\\" and accepted == ""
+
+
+def test_custom_charset_with_dash_bracket_caret_backslash_means_what_it_says():
+    charset = "ab-]^\\"
+    rules = LabelRules(charset, 25, sensitive=True)
+    for label in ["a", "b", "-", "]", "^", "\\", "a-b]^\\"]:
+        assert rules.reason(label) == K, label
+        assert rules.clean(label) == label, label  # never changed
+    for label in ["c", "A", "[", "a c", "_"]:
+        assert rules.reason(label) == OUT, label
+    # Not sensitive: checked on the lowercased label, trained lowercased (DTRB's documented lowercasing only).
+    lower = LabelRules(charset, 25)
+    assert lower.reason("A^") == K and lower.clean("A^") == "a^"
+
+
+@pytest.mark.parametrize("sensitive", [False, True])
+def test_dtrb_charsets_keep_dtrb_exact_filtering(sensitive):
+    # The unescaped regex is kept for DTRB's two charsets: with the 94 symbols a backslash is still dropped.
+    config = ModelConfig(sensitive=sensitive)
+    rules = LabelRules(config.character, 25, sensitive)
+    assert rules.dtrb_charset
+    for label in LABELS:
+        assert rules.reason(label) == rules.dtrb_reason(label)
+    assert rules.reason("back\\slash") == OUT
+
+
+def test_kept_label_is_never_changed_beyond_lowercasing():
+    # The Kelvin sign lowercases to "k": DTRB's filter (on the lowercased label) passes it, but the sensitive label
+    # would be trained with the symbol removed. Such a sample is dropped and counted instead.
+    rules = LabelRules(ModelConfig(sensitive=True).character, 25, sensitive=True)
+    assert rules.reason("\u212aelvin") == "label_would_change"
+    assert rules.reason("Kelvin") == K
+    for charset, sensitive in [(ModelConfig().character, False), (ModelConfig(sensitive=True).character, True),
+                               ("a-c", False), ("ab-]^\\", True)]:  # fmt: skip
+        rules = LabelRules(charset, 25, sensitive)
+        for label in LABELS + ["a-c", "\u212a", "A^", "]^"]:
+            if rules.reason(label) == K:
+                assert rules.clean(label) == (label if sensitive else label.lower()), (charset, label)
 
 
 def test_charset_that_is_not_a_regex_class_is_read_literally():

@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 import datasets
+import numpy as np
 from PIL import Image
 
 from ..hub import is_repo_id
-from .labels import KEPT, LabelRules
+from .labels import LabelRules
+from .lmdb_index import LabelScan, scan
 from ..progress import progress as progress_bar
-from .lmdb import LmdbReader, find_sources, is_lmdb, select_sources
+from .lmdb import LmdbReader, find_sources, is_lmdb, lmdb_fingerprint, select_sources
 
 if TYPE_CHECKING:
     from ..config import ModelConfig
@@ -40,15 +42,6 @@ def is_dataset_folder(path: str | os.PathLike) -> bool:
 
 def is_source(path: str | os.PathLike) -> bool:
     return is_lmdb(path) or is_dataset_folder(path)
-
-
-def lmdb_fingerprint(path: str | os.PathLike) -> str:
-    """Changes whenever the LMDB is rewritten: its resolved path, sample count, size and modification time."""
-    path = Path(path).resolve()
-    stat = (path / "data.mdb").stat()
-    num_samples = len(LmdbReader(path))
-    key = f"{path}|{num_samples}|{stat.st_size}|{stat.st_mtime_ns}"
-    return hashlib.sha256(key.encode()).hexdigest()[:20]
 
 
 def image_is_readable(data: bytes, full_decode: bool = False) -> bool:
@@ -224,6 +217,21 @@ def convert_lmdb_tree(
     return summary
 
 
+def local_sources(path: str | os.PathLike, select_data: str = "/") -> dict[str, Path]:
+    """``{source name: folder}`` of the LMDBs and ``datasets`` folders under ``path`` matching ``select_data``.
+
+    Raises:
+        FileNotFoundError: none there (the message lists what was found).
+    """
+    sources = select_sources(find_sources(path, is_source), select_data)
+    if not sources:
+        raise FileNotFoundError(
+            f"No dataset under {os.fspath(path)!r} matching select_data {select_data!r}: expected LMDB folders "
+            f"(data.mdb) or datasets folders (save_to_disk). Found: {sorted(find_sources(path, is_source))}"
+        )
+    return sources
+
+
 def load_text_dataset(path_or_id: str | os.PathLike, select_data: str = "/") -> datasets.DatasetDict:
     """Load text-recognition data as ``{source name: Dataset}`` with columns ``image`` and ``label``.
 
@@ -237,12 +245,7 @@ def load_text_dataset(path_or_id: str | os.PathLike, select_data: str = "/") -> 
     """
     path = Path(path_or_id)
     if path.exists():
-        sources = select_sources(find_sources(path, is_source), select_data)
-        if not sources:
-            raise FileNotFoundError(
-                f"No dataset under {os.fspath(path)!r} matching select_data {select_data!r}: expected LMDB folders "
-                f"(data.mdb) or datasets folders (save_to_disk). Found: {sorted(find_sources(path, is_source))}"
-            )
+        sources = local_sources(path, select_data)
         loaded = {
             name: lmdb_to_dataset(source, progress=True)
             if is_lmdb(source)
@@ -287,7 +290,7 @@ def push_dataset_tree(output_dir: str | os.PathLike, repo_id: str, private: bool
 class FilterResult(NamedTuple):
     dataset: datasets.Dataset
     counts: Counter  # reason -> samples (``kept``, ``too_long``, ``out_of_charset``, ``too_long_after_cleaning``)
-    kept: list[int] | None  # rows of the input that were kept; None when all were
+    kept: np.ndarray | None  # rows of the input that were kept (int64, ascending); None when all were
 
 
 def label_rules(config: ModelConfig, data_filtering_off: bool = False) -> LabelRules:
@@ -298,20 +301,22 @@ def filter_labels_with_counts(
     dataset: datasets.Dataset, config: ModelConfig, data_filtering_off: bool = False
 ) -> FilterResult:
     """``filter_labels`` plus the number of samples kept and dropped for each reason."""
-    rules = label_rules(config, data_filtering_off)
-    kept: list[int] = []
-    counts: Counter = Counter()
-    position = 0
+    filtered, result = filter_dataset(dataset, label_rules(config, data_filtering_off))
+    return FilterResult(filtered, result.counts, result.kept)
+
+
+def dataset_labels(dataset: datasets.Dataset) -> Iterator[str]:
     for batch in dataset.select_columns("label").iter(batch_size=100_000):
-        for label in batch["label"]:
-            reason = rules.reason(label)
-            counts[reason] += 1
-            if reason == KEPT:
-                kept.append(position)
-            position += 1
-    if len(kept) == len(dataset):
-        return FilterResult(dataset, counts, None)
-    return FilterResult(dataset.select(kept, keep_in_memory=True), counts, kept)
+        yield from batch["label"]
+
+
+def filter_dataset(dataset: datasets.Dataset, rules: LabelRules) -> tuple[datasets.Dataset, LabelScan]:
+    """The kept rows of ``dataset`` (labels only are read) and the scan's counts, examples and kept rows (a numpy
+    array, not a Python list)."""
+    result = scan(dataset_labels(dataset), len(dataset), rules)
+    if result.kept is None:
+        return dataset, result
+    return dataset.select(result.kept, keep_in_memory=True), result
 
 
 def filter_labels(
@@ -332,7 +337,8 @@ class GtEntry(NamedTuple):
 def read_gt_file(gt_file: str | os.PathLike, input_path: str | os.PathLike) -> list[GtEntry]:
     """Parse DTRB's gt file: UTF-8, one ``<image path relative to input_path>\\t<label>`` per line.
 
-    Line ends (``\\n`` and ``\\r\\n``) are removed; DTRB kept a trailing ``\\r`` in labels of CRLF files.
+    A UTF-8 byte-order mark at the start is ignored. Line ends (``\\n`` and ``\\r\\n``) are removed; DTRB kept a
+    trailing ``\\r`` in labels of CRLF files.
     Blank lines are skipped.
 
     Raises:
@@ -343,7 +349,7 @@ def read_gt_file(gt_file: str | os.PathLike, input_path: str | os.PathLike) -> l
     if not gt_file.is_file():
         raise FileNotFoundError(f"gt file not found: {str(gt_file)!r}")
     entries, bad = [], []
-    with open(gt_file, encoding="utf-8") as handle:
+    with open(gt_file, encoding="utf-8-sig") as handle:  # a BOM (Windows editors) is not part of the first path
         for number, line in enumerate(handle, start=1):
             line = line.rstrip("\r\n")
             if not line.strip():

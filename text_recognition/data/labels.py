@@ -1,14 +1,22 @@
 """DTRB's label rules as pure string functions: which samples its LmdbDataset keeps, and how it cleans labels.
 
-DTRB builds the regex class ``[^<character>]`` by pasting the charset between brackets without escaping. We build
-the same pattern, so the same samples are kept and the same characters stripped, quirks included: with DTRB's
-94-symbol set, ``\\]`` reads as an escaped ``]``, so a backslash counts as outside the charset; a ``-`` between two
-symbols of a custom charset makes a range. Where such a quirk would let a symbol through that the charset does not
-hold (DTRB then crashed in the label encoder), the symbol is removed as well.
+DTRB builds the regex class ``[^<character>]`` by pasting the charset between brackets without escaping. For DTRB's
+own two charsets (the 36 lowercase alphanumerics and the 94 printable symbols) we build the same pattern, so the
+same samples are kept, quirks included: with the 94-symbol set, ``\\]`` reads as an escaped ``]``, so a label with a
+backslash is dropped as outside the charset. For any other charset the unescaped class would mean something else
+(``a-c`` a range that lets ``b`` through, ``^`` a negation, ``\\`` an escape), so the charset is escaped and means
+what it says; the charset check is then on the label as trained (lowercased unless ``sensitive``).
+
+With filtering on, a kept sample is trained on its stored label, lowercased unless ``sensitive``, and nothing else:
+a label that cleaning would change otherwise (only possible through a non-ASCII symbol whose lowercase form is in
+DTRB's charset, such as the Kelvin sign) is dropped as ``label_would_change``. With ``data_filtering_off`` every
+sample is kept and out-of-charset symbols are removed from the label (DTRB's documented behaviour for that flag);
+``LabelScan`` counts such changes so that they are reported, never silent.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import string
@@ -22,8 +30,22 @@ OUT_OF_CHARSET = "out_of_charset"
 # With data_filtering_off DTRB keeps every sample, and crashed on a label still longer than batch_max_length
 # after cleaning; we drop such a sample and count it under this reason instead.
 TOO_LONG_AFTER_CLEANING = "too_long_after_cleaning"
+# Filtering on: the label passes DTRB's filter but cleaning would still change it beyond lowercasing.
+LABEL_WOULD_CHANGE = "label_would_change"
+#: DTRB's two charsets, filtered with DTRB's own (unescaped) pattern so that the same samples are kept.
+DTRB_CHARSETS = frozenset({string.digits + string.ascii_lowercase, string.printable[:-6]})
 
 
+def is_dtrb_charset(character: str) -> bool:
+    return character in DTRB_CHARSETS
+
+
+def escaped_out_of_charset_pattern(character: str) -> re.Pattern[str]:
+    """``[^...]`` matching exactly the symbols not in ``character`` (each symbol escaped)."""
+    return re.compile("[^" + "".join(re.escape(c) for c in character) + "]")
+
+
+@functools.lru_cache(maxsize=16)
 def dtrb_out_of_charset_pattern(character: str) -> re.Pattern[str]:
     """``re.compile(f"[^{character}]")``, DTRB's pattern; a charset that is not a valid regex class (DTRB crashed)
     falls back to its literal meaning."""
@@ -35,7 +57,7 @@ def dtrb_out_of_charset_pattern(character: str) -> re.Pattern[str]:
             "matched literally.",
             character,
         )
-        return re.compile("[^" + "".join(re.escape(c) for c in character) + "]")
+        return escaped_out_of_charset_pattern(character)
 
 
 def charset_quirks(character: str) -> tuple[str, str]:
@@ -49,7 +71,8 @@ def charset_quirks(character: str) -> tuple[str, str]:
 
 @dataclass
 class LabelRules:
-    """DTRB's filtering and cleaning of one label, for a charset, case mode and maximum length.
+    """DTRB's filtering and cleaning of one label, for a charset, case mode and maximum length (DTRB's exact regex
+    for DTRB's two charsets, the escaped charset for any other; see the module docstring).
 
     Args:
         character: the model's charset.
@@ -66,22 +89,32 @@ class LabelRules:
     _symbols: frozenset[str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.pattern = dtrb_out_of_charset_pattern(self.character)
+        self.dtrb_charset = is_dtrb_charset(self.character)
+        if self.dtrb_charset:
+            self.pattern = dtrb_out_of_charset_pattern(self.character)
+        else:
+            self.pattern = escaped_out_of_charset_pattern(self.character)
         self._symbols = frozenset(self.character)
-        rejected, accepted = charset_quirks(self.character)
-        if rejected or accepted:
-            logger.info(
-                "DTRB's regex reading of the charset: symbols dropped although listed: %r; symbols passing the "
-                "filter although not listed: %r (removed from labels). Same samples are kept as in DTRB.",
-                rejected,
-                accepted,
-            )
+
+    def dtrb_reason(self, label: str) -> str:
+        """What DTRB's own unescaped regex decides for ``label`` (the same as ``reason`` for DTRB's charsets)."""
+        if self.dtrb_charset:
+            return self.reason(label)
+        if self.data_filtering_off:
+            return KEPT
+        if len(label) > self.batch_max_length:
+            return TOO_LONG
+        return OUT_OF_CHARSET if dtrb_out_of_charset_pattern(self.character).search(label.lower()) else KEPT
+
+    def trained_label(self, label: str) -> str:
+        """The stored label as it may be trained on: lowercased unless ``sensitive``."""
+        return label if self.sensitive else label.lower()
 
     def reason(self, label: str) -> str:
         """Why DTRB's LmdbDataset keeps or drops a raw label: ``kept``, ``too_long`` or ``out_of_charset``.
 
-        The length is that of the raw label; the charset check is on the lowercased label, even when sensitive
-        (both as DTRB does).
+        The length is that of the raw label. With DTRB's charsets the charset check is on the lowercased label,
+        even when sensitive (as DTRB does); with any other charset it is on the label as trained.
         """
         if self.data_filtering_off:
             if len(self.clean(label)) > self.batch_max_length:
@@ -89,8 +122,10 @@ class LabelRules:
             return KEPT
         if len(label) > self.batch_max_length:
             return TOO_LONG
-        if self.pattern.search(label.lower()):
+        if self.pattern.search(label.lower() if self.dtrb_charset or not self.sensitive else label):
             return OUT_OF_CHARSET
+        if not label.isascii() and self.clean(label) != self.trained_label(label):
+            return LABEL_WOULD_CHANGE
         return KEPT
 
     def clean(self, label: str) -> str:

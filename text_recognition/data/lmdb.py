@@ -7,6 +7,7 @@ DataLoader worker opens its own (DTRB opened it in the parent, which breaks on W
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -39,6 +40,36 @@ def open_lmdb(path: str | os.PathLike) -> lmdb.Environment:
     if not is_lmdb(path):
         raise FileNotFoundError(f"No LMDB at {os.fspath(path)!r}: it has no data.mdb.")
     return lmdb.open(os.fspath(path), max_readers=126, readonly=True, lock=False, readahead=False, meminit=False)
+
+
+# py-lmdb refuses to open one data file twice in a process, so readers of the same LMDB (a training source and an
+# audit's reader, say) share one environment per process, closed when the last of them closes. Keyed by the data
+# file's device and inode: a symlinked path shares, an LMDB rewritten at the same path gets a fresh environment.
+_SHARED: dict[tuple[int, int], list] = {}  # (st_dev, st_ino) -> [environment, open readers, pid]
+
+
+def _acquire(path: Path) -> tuple[tuple[int, int], lmdb.Environment]:
+    if not is_lmdb(path):
+        raise FileNotFoundError(f"No LMDB at {os.fspath(path)!r}: it has no data.mdb.")
+    stat = (Path(path) / "data.mdb").stat()
+    key, pid = (stat.st_dev, stat.st_ino), os.getpid()
+    entry = _SHARED.get(key)
+    if entry is not None and entry[2] != pid:  # inherited through fork: unusable here
+        entry[0].close()
+        entry = None
+    if entry is None:
+        entry = _SHARED[key] = [open_lmdb(path), 0, pid]
+    entry[1] += 1
+    return key, entry[0]
+
+
+def _release(key: tuple[int, int]) -> None:
+    entry = _SHARED.get(key)
+    if entry is not None and entry[2] == os.getpid():
+        entry[1] -= 1
+        if entry[1] <= 0:
+            entry[0].close()
+            del _SHARED[key]
 
 
 def _map_size(estimate: int) -> int:
@@ -96,8 +127,13 @@ class LmdbReader:
         self.path = Path(path)
         self._env: lmdb.Environment | None = None
         self._pid: int | None = None
-        with open_lmdb(self.path) as env, env.begin() as txn:
-            raw = txn.get(NUM_SAMPLES_KEY)
+        self._key: tuple[int, int] | None = None
+        key, env = _acquire(self.path)
+        try:
+            with env.begin() as txn:
+                raw = txn.get(NUM_SAMPLES_KEY)
+        finally:
+            _release(key)
         if raw is None:
             raise LmdbFormatError(
                 f"The LMDB at {str(self.path)!r} has no 'num-samples' key, so it is not in DTRB's format (written by "
@@ -107,8 +143,14 @@ class LmdbReader:
             self.num_samples = int(raw)
         except ValueError:
             raise LmdbFormatError(
-                f"The LMDB at {str(self.path)!r} has a malformed 'num-samples' value {raw!r}."
+                f"The LMDB at {str(self.path)!r} has a malformed 'num-samples' value {raw!r}; it must be the number "
+                f"of samples. Rewrite it with scripts/create_lmdb_dataset.py."
             ) from None
+        if self.num_samples < 0:
+            raise LmdbFormatError(
+                f"The LMDB at {str(self.path)!r} has a negative 'num-samples' ({self.num_samples}); it must be the "
+                f"number of samples. Rewrite it with scripts/create_lmdb_dataset.py."
+            )
 
     def __len__(self) -> int:
         return self.num_samples
@@ -118,18 +160,14 @@ class LmdbReader:
 
     @property
     def env(self) -> lmdb.Environment:
-        if self._env is not None and self._pid != os.getpid():
-            # Inherited through fork: unusable here, and py-lmdb refuses to open the same path twice in a process.
-            self._env.close()
-            self._env = None
-        if self._env is None:
-            self._env = open_lmdb(self.path)
+        if self._env is None or self._pid != os.getpid():  # first use, or inherited through fork
+            self._key, self._env = _acquire(self.path)
             self._pid = os.getpid()
         return self._env
 
     def close(self) -> None:
         if self._env is not None and self._pid == os.getpid():
-            self._env.close()
+            _release(self._key)
         self._env = None
 
     def __enter__(self) -> LmdbReader:
@@ -149,9 +187,16 @@ class LmdbReader:
             missing = "image" if image is None else "label"
             raise LmdbFormatError(
                 f"The LMDB at {str(self.path)!r} has no {missing} for sample {index} of {self.num_samples} "
-                f"(key {(image_key if image is None else label_key)(index).decode()}): it is truncated or corrupt."
+                f"(key {(image_key if image is None else label_key)(index).decode()}): it is truncated or corrupt. "
+                f"Rewrite it with scripts/create_lmdb_dataset.py."
             )
-        return image, label.decode("utf-8")
+        try:
+            return image, label.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise LmdbFormatError(
+                f"The LMDB at {str(self.path)!r} has a label that is not UTF-8 at key {label_key(index).decode()} "
+                f"({error.reason}: {label[:40]!r}). Rewrite it with scripts/create_lmdb_dataset.py."
+            ) from None
 
     def labels(self) -> Iterator[str]:
         """Every label in order, without reading images."""
@@ -181,8 +226,14 @@ def find_sources(root: str | os.PathLike, is_source=is_lmdb) -> dict[str, Path]:
     if is_source(root):
         return {root.resolve().name: root}
     found: dict[str, Path] = {}
-    for dirpath, dirnames, _ in os.walk(root):
+    seen: set[str] = set()
+    for dirpath, dirnames, _ in os.walk(root, followlinks=True):  # a symlinked source folder is a source too
         current = Path(dirpath)
+        real = os.path.realpath(current)
+        if real in seen:  # a link back up the tree: do not loop
+            dirnames.clear()
+            continue
+        seen.add(real)
         if current != root and is_source(current):
             found[current.relative_to(root).as_posix()] = current
             dirnames.clear()
@@ -198,3 +249,12 @@ def select_sources(sources: dict[str, Path], select_data: str) -> dict[str, Path
         return dict(sources)
     token = select_data.strip("/")
     return {name: path for name, path in sources.items() if name.startswith(token)}
+
+
+def lmdb_fingerprint(path: str | os.PathLike) -> str:
+    """Changes whenever the LMDB is rewritten: its resolved path, sample count, size and modification time."""
+    path = Path(path).resolve()
+    stat = (path / "data.mdb").stat()
+    num_samples = len(LmdbReader(path))
+    key = f"{path}|{num_samples}|{stat.st_size}|{stat.st_mtime_ns}"
+    return hashlib.sha256(key.encode()).hexdigest()[:20]

@@ -3,19 +3,26 @@ ratio and exact batch mixing, with DTRB's ``log_dataset.txt`` lines and per-reas
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import datasets
+import numpy as np
 
 from ..config import ModelConfig
 from ..augment import TextAugment
 from .collate import TextCollator
-from .datasets import filter_labels_with_counts, load_text_dataset
-from .labels import KEPT
+from .datasets import filter_dataset, label_rules, load_text_dataset, local_sources
+from .labels import KEPT, LabelRules
+from .lmdb import LmdbReader, is_lmdb
+from .lmdb_index import LabelScan, LmdbSource, cached_scan
 from .mixing import BatchBalancedSampler, MixedSources, parse_batch_ratio, parse_select_data, source_batch_sizes
+
+logger = logging.getLogger(__name__)
 
 DASHED = "-" * 80
 
@@ -34,21 +41,75 @@ class TextData:
 
 def filtered_sources(
     data: str | os.PathLike, select: str, config: ModelConfig, data_filtering_off: bool
-) -> list[tuple[str, datasets.Dataset, Counter, list[int] | None]]:
-    """``[(name, filtered dataset with undecoded image bytes, counts per reason, kept rows or None)]`` of the
-    sources under ``data`` whose name starts with ``select``."""
+) -> list[tuple[str, LmdbSource | datasets.Dataset, Counter, np.ndarray | None]]:
+    """``[(name, filtered source with undecoded image bytes, counts per reason, kept rows or None)]`` of the
+    sources under ``data`` whose name starts with ``select``.
+
+    An LMDB is read in place (``LmdbSource``): its labels are scanned once (cached by the LMDB's fingerprint in the
+    datasets cache), its images fetched per batch; no Arrow copy is made. ``datasets`` folders and Hub datasets are
+    filtered on their ``label`` column. The kept rows are numpy arrays (memory-mapped for LMDBs). For a charset that
+    is not one of DTRB's two, or with ``data_filtering_off``, what was dropped or changed is warned once per source.
+    """
+    rules = label_rules(config, data_filtering_off)
+    path = Path(data)
+    result = []
+    if path.exists():
+        try:
+            sources = local_sources(path, select)
+        except FileNotFoundError as error:
+            if select == "/":
+                raise
+            raise FileNotFoundError(f"{error} (select_data token {select!r})") from None
+        for name, folder in sources.items():
+            if is_lmdb(folder):
+                with LmdbReader(folder) as reader:
+                    scanned = cached_scan(reader, rules)
+                source = LmdbSource(folder, scanned.kept)
+            else:
+                dataset = datasets.load_from_disk(os.fspath(folder)).cast_column("image", datasets.Image(decode=False))
+                source, scanned = filter_dataset(dataset, rules)
+            _warn_label_changes(name, scanned, rules)
+            result.append((name, source, scanned.counts, scanned.kept))
+        return result
     try:
         loaded = load_text_dataset(data, select)
     except FileNotFoundError as error:
         if select == "/":
             raise
         raise FileNotFoundError(f"{error} (select_data token {select!r})") from None
-    result = []
     for name, dataset in loaded.items():
-        dataset = dataset.cast_column("image", datasets.Image(decode=False))
-        filtered, counts, kept = filter_labels_with_counts(dataset, config, data_filtering_off)
-        result.append((name, filtered, counts, kept))
+        filtered, scanned = filter_dataset(dataset.cast_column("image", datasets.Image(decode=False)), rules)
+        _warn_label_changes(name, scanned, rules)
+        result.append((name, filtered, scanned.counts, scanned.kept))
     return result
+
+
+def _warn_label_changes(name: str, scanned: LabelScan, rules: LabelRules) -> None:
+    """Once per source: for a custom charset, what the filter dropped (and where DTRB's unescaped regex would have
+    decided otherwise); with ``data_filtering_off``, the labels that cleaning changes."""
+    if not rules.dtrb_charset and not rules.data_filtering_off:
+        dropped = {reason: n for reason, n in scanned.counts.items() if reason != KEPT and n}
+        if dropped or scanned.dtrb_differs:
+            shown = "; ".join(f"{reason}: " + ", ".join(repr(label) for _, label in examples)
+                              for reason, examples in scanned.examples.items())  # fmt: skip
+            differs = dict(scanned.dtrb_differs)
+            logger.warning(
+                "%s: the charset %r (escaped: each symbol means itself) drops %s of %d samples (%s)%s%s. Labels are "
+                "never changed beyond lowercasing%s.",
+                name, rules.character, sum(dropped.values()), scanned.num_samples,
+                ", ".join(f"{reason} {n}" for reason, n in sorted(dropped.items())),
+                f"; e.g. {shown}" if shown else "",
+                f"; DTRB's unescaped regex would have decided otherwise for {differs}" if differs else "",
+                "" if rules.sensitive else " (not --sensitive)",
+            )  # fmt: skip
+    if scanned.changed:
+        shown = ", ".join(f"{stored!r} -> {trained!r}" for _, stored, trained in scanned.changed_examples)
+        logger.warning(
+            "%s: --data_filtering_off keeps %d sample(s) whose label has symbols outside the charset; they are "
+            "trained with those symbols removed, as DTRB does (e.g. %s). Leave --data_filtering_off out to drop "
+            "them instead, or add the symbols to --character.",
+            name, scanned.changed, shown,
+        )  # fmt: skip
 
 
 def _counts_text(counts: Counter) -> str:
@@ -125,7 +186,7 @@ def build_train_data(
 class _SourceGroup:
     """The sources one ``select_data`` token selects, cut to ``total_data_usage_ratio``."""
 
-    members: list[tuple[str, datasets.Dataset, int, Sequence[int] | None]]
+    members: list[tuple[str, LmdbSource | datasets.Dataset, int, np.ndarray | None]]
     used: int
     counts: dict[str, Counter]
     log: list[str]

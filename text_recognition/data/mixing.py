@@ -75,30 +75,35 @@ class BatchBalancedSampler(Sampler[list[int]]):
         return sum(self.counts)
 
     def _permutation(self, source: int, epoch: int) -> np.ndarray:
+        """The source's order in ``epoch``: a numpy array (``int32`` below 2**31 samples), at most two epochs per
+        source held (the one being read and the next), so memory stays at 4-8 bytes per sample."""
         key = (source, epoch)
         if key not in self._perm_cache:
-            if len(self._perm_cache) > 4 * len(self.sizes):
-                self._perm_cache.clear()
+            for old in [k for k in self._perm_cache if k[0] == source and not epoch - 1 <= k[1] <= epoch]:
+                del self._perm_cache[old]
             rng = np.random.default_rng([self.seed, source, epoch])
-            self._perm_cache[key] = rng.permutation(self.sizes[source])
+            permutation = rng.permutation(self.sizes[source])
+            if self.sizes[source] < 2**31:
+                permutation = permutation.astype(np.int32)
+            self._perm_cache[key] = permutation
         return self._perm_cache[key]
 
-    def _take(self, source: int, start: int, count: int) -> list[int]:
-        """``count`` indices of the source's endless stream from stream position ``start``."""
+    def _take(self, source: int, start: int, count: int) -> np.ndarray:
+        """``count`` indices of the source's endless stream from stream position ``start`` (an int64 array)."""
         size = self.sizes[source]
-        indices: list[int] = []
+        parts = []
         while count:
             epoch, offset = divmod(start, size)
             take = min(count, size - offset)
-            indices += (self.offsets[source] + self._permutation(source, epoch)[offset : offset + take]).tolist()
+            parts.append(self.offsets[source] + self._permutation(source, epoch)[offset : offset + take])
             start += take
             count -= take
-        return indices
+        return np.concatenate(parts).astype(np.int64, copy=False) if parts else np.empty(0, np.int64)
 
     def batch(self, iteration: int) -> list[int]:
         """The batch of this process at ``iteration``."""
         slot = iteration * self.world_size + self.rank
-        return [i for j, count in enumerate(self.counts) for i in self._take(j, slot * count, count)]
+        return np.concatenate([self._take(j, slot * count, count) for j, count in enumerate(self.counts)]).tolist()
 
     def __iter__(self) -> Iterator[list[int]]:
         while self.num_batches is None or self.iteration < self.num_batches:
@@ -123,7 +128,8 @@ class BatchBalancedSampler(Sampler[list[int]]):
 
 
 class MixedSources(Dataset):
-    """The concatenation of several ``datasets.Dataset`` sources with rows tagged by source and index.
+    """The concatenation of several sources (``datasets.Dataset`` with ``Image(decode=False)`` or ``LmdbSource``)
+    with rows tagged by source and index.
 
     ``sources`` is ``[(name, dataset, used, original_rows)]``: the first ``used`` rows of each dataset take part
     (DTRB's ``total_data_usage_ratio`` takes the first N samples); ``original_rows`` (or ``None``) maps a row of a
@@ -131,11 +137,13 @@ class MixedSources(Dataset):
     "index"}``; fetching a batch reads each source's rows in one call (``__getitems__``), without decoding images.
     """
 
-    def __init__(self, sources: Sequence[tuple[str, Any, int, Sequence[int] | None]]) -> None:
+    def __init__(self, sources: Sequence[tuple[str, Any, int, Sequence[int] | np.ndarray | None]]) -> None:
         self.names = [source[0] for source in sources]
         self.datasets = [source[1] for source in sources]
         self.sizes = [int(source[2]) for source in sources]
-        self.original_rows = [source[3] for source in sources]
+        # numpy arrays (memory-mapped for in-place LMDBs) or None: never Python lists, which every DataLoader
+        # worker would copy page by page as it touches their reference counts.
+        self.original_rows = [None if source[3] is None else np.asarray(source[3]) for source in sources]
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
 
     def __len__(self) -> int:
