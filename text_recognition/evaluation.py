@@ -144,6 +144,7 @@ class DatasetResult:
     failures: list[Record] = field(default_factory=list, repr=False)
     cer: float = 0.0
     accuracy_by_length: dict[str, dict[str, float]] = field(default_factory=dict, repr=False)
+    num_undecodable: int = 0  # images that could not be decoded: not scored, reported
 
 
 @dataclass
@@ -184,6 +185,12 @@ class EvaluationReport:
         ]
         lines += [f"| {r.dataset} | {r.num_samples} | {r.accuracy:.3f} | {r.norm_ED:.4f} | {r.cer:.4f} | "
                   f"{r.mean_confidence:.4f} | {r.ms_per_image:.3f} |" for r in self.results]  # fmt: skip
+        if any(r.num_undecodable for r in self.results):  # a column only when some image could not be decoded
+            lines[2] = lines[2].replace("| samples |", "| samples | undecodable (not scored) |")
+            lines[3] += "---|"
+            for number, r in enumerate(self.results, start=4):
+                lines[number] = lines[number].replace(f"| {r.num_samples} |", f"| {r.num_samples} | "
+                                                      f"{r.num_undecodable} |", 1)  # fmt: skip
         samples = sum(r.num_samples for r in self.results)
         if len(self.results) > 1:
             total = f"{self.total_accuracy:.3f}"
@@ -206,6 +213,7 @@ class EvaluationReport:
                 r.dataset: {
                     "protocol": self.protocol.description,
                     "num_samples": r.num_samples,
+                    "num_undecodable": r.num_undecodable,
                     "accuracy": r.accuracy,
                     "norm_ED": r.norm_ED,
                     "cer": r.cer,
@@ -270,7 +278,7 @@ def evaluate(
     synchronised; ``ms_per_image_batch1`` the same one image at a time over ``timing_samples`` images (0: skip).
 
     Raises:
-        ValueError: an unknown protocol.
+        ValueError: an unknown protocol, or a dataset of which no sample could be scored (all undecodable or filtered).
         FileNotFoundError: ``eval_data`` missing, or a name in ``names`` that is not there.
     """
     if not isinstance(protocol, Protocol):
@@ -285,16 +293,21 @@ def evaluate(
         filtered, kept = sources_by_name[name]
         sources = MixedSources([(name, filtered, len(filtered), kept)])
         data = TextData(sources, TextCollator(data_rules, protocol.data_filtering_off), log="")
+        skips = SkipTracker()
         records, _, seconds = predict_records(model, data, list(range(len(filtered))), batch_size, device=device,
-                                              num_workers=num_workers, warmup=True)  # fmt: skip
+                                              num_workers=num_workers, warmup=True, skips=skips)  # fmt: skip
         scores = score_records(records, protocol)
         failures = [r for r in records if not is_correct(r, protocol)]
         ms_per_image = 1000 * seconds / max(scores.num_samples, 1)
         results.append(DatasetResult(name, scores.num_samples, scores.accuracy, scores.norm_ED,
                                      scores.mean_confidence, ms_per_image, failures, scores.cer,
-                                     scores.accuracy_by_length))  # fmt: skip
+                                     scores.accuracy_by_length, sum(skips.counts.values())))  # fmt: skip
         if timing_data is None and len(filtered):
             timing_data = data
+    unscored = [f"{r.dataset} ({r.num_undecodable} undecodable image(s))" for r in results if not r.num_samples]
+    if unscored:
+        raise ValueError(f"No sample could be scored in {', '.join(unscored)} under {os.fspath(eval_data)!r}: "
+                         f"check the dataset (its images, and its labels against the model's charset and length).")
     batch1 = None
     if timing_samples and timing_data is not None:
         count = min(timing_samples, len(timing_data.dataset))

@@ -19,6 +19,7 @@ import re
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -844,7 +845,7 @@ def optimizer_step(run: Run) -> str:
     kept = [batch for batch, skip in zip(batches, empty) if not skip]
     run.state.empty_batches += len(batches) - len(kept)
     if not kept:
-        run.scheduler.step()
+        skip_schedule_step(run)
         return "empty"
     losses = []
     for number, batch in enumerate(kept):
@@ -865,7 +866,7 @@ def optimizer_step(run: Run) -> str:
     (nonfinite,) = agreed_across_processes(accelerator, [not finite])
     if nonfinite:
         run.optimizer.zero_grad(set_to_none=True)
-        run.scheduler.step()
+        skip_schedule_step(run)
         return "nonfinite"
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
@@ -875,6 +876,14 @@ def optimizer_step(run: Run) -> str:
     if run.ema is not None:
         run.ema.update(run.unwrapped)
     return "updated"
+
+
+def skip_schedule_step(run: Run) -> None:
+    """A skipped step still advances the schedule (it follows the iteration count); torch's warning about a
+    scheduler stepped without its optimizer does not apply to a ``LambdaLR`` of the step number."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+        run.scheduler.step()
 
 
 def count_skipped_step(run: Run, outcome: str) -> None:
