@@ -10,6 +10,8 @@ import hashlib
 import io
 import json
 import logging
+from concurrent.futures import Future
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -350,3 +352,77 @@ def test_demo_skips_and_reports_a_decompression_bomb_png(model_folder, tmp_path,
     assert "a_small.png" in captured.out and "b_bomb.png" not in captured.out
     assert "skipped" in captured.err and "b_bomb.png" in captured.err and "decompression bomb" in captured.err
     assert "1 of 2 images could not be decoded" in captured.err
+
+
+# ---- evaluation ------------------------------------------------------------------------------------------------
+
+
+def test_evaluation_counts_undecodable_images_and_fails_when_none_is_scored(tiny_model, tmp_path):
+    from text_recognition.evaluation import evaluate
+
+    make_lmdb(tmp_path / "eval" / "IIIT5k_3000", ["ab", "cd", "ef", "gh", "ij"], corrupt={1, 3})
+    report = evaluate(tiny_model, tmp_path / "eval", batch_size=2, timing_samples=0)
+    (result,) = report.results
+    assert (result.num_samples, result.num_undecodable) == (3, 2)
+    assert "| samples | undecodable (not scored) |" in report.table() and "| IIIT5k_3000 | 3 | 2 |" in report.table()
+    assert report.to_json()["datasets"]["IIIT5k_3000"]["num_undecodable"] == 2
+    make_lmdb(tmp_path / "eval" / "SVT", ["ab", "cd"], corrupt={0, 1})
+    with pytest.raises(ValueError, match=r"No sample could be scored in SVT \(2 undecodable image\(s\)\)"):
+        evaluate(tiny_model, tmp_path / "eval", batch_size=2, timing_samples=0)
+
+
+def test_test_script_on_an_all_corrupt_lmdb_exits_non_zero(model_folder, tmp_path, capsys):
+    test_script = load_script("test")
+    make_lmdb(tmp_path / "eval" / "IC13_857", ["ab", "cd"], corrupt={0, 1})
+    code = run(test_script.main, ["--eval_data", str(tmp_path / "eval"), "--saved_model", str(model_folder),
+                                  "--workers", "0", "--result_dir", str(tmp_path / "result")])  # fmt: skip
+    assert code == 1 and "No sample could be scored in IC13_857" in capsys.readouterr().err
+
+
+# ---- the Hub pusher ---------------------------------------------------------------------------------------------
+
+
+class StubHubApi:
+    """``create_repo`` and ``upload_folder(run_as_future=True)`` whose futures end when the test says so."""
+
+    def __init__(self, refuse: set[str] = frozenset()):
+        self.uploads: list[tuple[str, str, Future, Path]] = []  # (message, file content, future, folder)
+        self.refuse = refuse
+
+    def create_repo(self, repo_id, **kwargs):
+        return type("RepoUrl", (), {"repo_id": repo_id})()
+
+    def upload_folder(self, *, repo_id, folder_path, commit_message, run_as_future):
+        future = Future()
+        self.uploads.append((commit_message, (Path(folder_path) / "weights").read_text(), future, Path(folder_path)))
+        return future
+
+    def finish(self, number):
+        message, _, future, _ = self.uploads[number]
+        if message in self.refuse:
+            future.set_exception(PermissionError("403 Forbidden: no write access"))
+        else:
+            future.set_result("commit")
+
+
+def test_pusher_keeps_one_copy_skips_a_stale_best_and_reports_a_refused_push(tmp_path):
+    from accelerate import PartialState
+
+    from text_recognition.training import _Pusher
+
+    PartialState()  # the accelerate logger needs it, as in training
+    api = StubHubApi(refuse={"best 3"})
+    pusher = _Pusher("acme/run", private=False, api=api)
+    folder = tmp_path / "best_accuracy"
+    folder.mkdir()
+    for number in (1, 2, 3):  # three bests while the first upload runs
+        (folder / "weights").write_text(f"v{number}")
+        pusher.push(folder, f"best {number}")
+    assert len(api.uploads) == 1 and pusher.skipped_stale == 1  # best 2 was made stale by best 3
+    api.finish(0)
+    pusher.poll()
+    assert not api.uploads[0][3].exists()  # the first copy is removed as soon as its upload ended
+    assert [(message, files) for message, files, _, _ in api.uploads] == [("best 1", "v1"), ("best 3", "v3")]
+    api.finish(1)
+    assert pusher.wait() == ["403 Forbidden: no write access"]
+    assert pusher.pushed == ["best 1"] and not api.uploads[1][3].exists()

@@ -355,15 +355,24 @@ def _report_to(requested: str | None) -> str | None:
 
 
 class _Pusher:
-    """Pushes best-accuracy model folders to the Hub in the background; failures are logged, never raised."""
+    """Pushes best-accuracy model folders to the Hub in the background; failures are logged, never raised.
 
-    def __init__(self, repo_id: str, private: bool) -> None:
-        from huggingface_hub import HfApi
+    One upload at a time, from one temporary copy (the folder is replaced by the next best while uploading), removed
+    as soon as its upload ends. A best that comes while an upload runs waits as the one pending push; a newer best
+    replaces it (the stale one is skipped, never uploaded), so at most one copy exists and the last best is always
+    pushed."""
 
-        self.api = HfApi()
-        self.futures: list[Any] = []
-        self.snapshots: list[Path] = []
+    def __init__(self, repo_id: str, private: bool, api: Any = None) -> None:
+        if api is None:
+            from huggingface_hub import HfApi
+
+            api = HfApi()
+        self.api = api
+        self.current: tuple[Any, Path, str] | None = None  # (future, temporary copy, message) of the upload in flight
+        self.pending: tuple[Path, str] | None = None  # (folder, message) of the next one
         self.errors: list[str] = []
+        self.pushed: list[str] = []  # commit messages of the uploads that succeeded
+        self.skipped_stale = 0
         try:
             self.repo_id = self.api.create_repo(repo_id, private=private, exist_ok=True).repo_id
         except Exception as error:  # token, permission, network: training goes on without pushing
@@ -374,30 +383,65 @@ class _Pusher:
             self.repo_id = None
 
     def push(self, folder: Path, message: str) -> None:
+        """Upload ``folder`` now, or once the upload in flight ends (replacing a best still waiting)."""
         if self.repo_id is None:
             return
+        self.poll()
+        if self.current is None:
+            self._start(folder, message)
+            return
+        if self.pending is not None:
+            self.skipped_stale += 1
+            logger.info("Hub push skipped (a newer best replaced it): %s", self.pending[1])
+        self.pending = (folder, message)
+
+    def poll(self) -> None:
+        """Collect an upload that ended (its copy removed, an error logged), and start the pending one."""
+        if self.current is not None and self.current[0].done():
+            self._collect()
+        if self.current is None and self.pending is not None:
+            folder, message = self.pending
+            self.pending = None
+            self._start(folder, message)
+
+    def _start(self, folder: Path, message: str) -> None:
         snapshot = Path(tempfile.mkdtemp(prefix="push_"))
-        shutil.copytree(folder, snapshot, dirs_exist_ok=True)  # the folder may be replaced while uploading
-        self.snapshots.append(snapshot)
-        self.futures.append(
-            self.api.upload_folder(
-                repo_id=self.repo_id, folder_path=snapshot, commit_message=message, run_as_future=True
-            )  # fmt: skip
-        )
+        try:
+            shutil.copytree(folder, snapshot, dirs_exist_ok=True)  # the folder may be replaced while uploading
+            future = self.api.upload_folder(repo_id=self.repo_id, folder_path=snapshot, commit_message=message,
+                                            run_as_future=True)  # fmt: skip
+        except Exception as error:  # a full /tmp, a refused request
+            shutil.rmtree(snapshot, ignore_errors=True)
+            self._failed(message, error)
+            return
+        self.current = (future, snapshot, message)
+
+    def _collect(self) -> None:
+        future, snapshot, message = self.current
+        self.current = None
+        try:
+            future.result()
+            self.pushed.append(message)
+        except Exception as error:  # report every failed push, keep the run's results
+            self._failed(message, error)
+        finally:
+            shutil.rmtree(snapshot, ignore_errors=True)
+
+    def _failed(self, message: str, error: Exception) -> None:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        self.errors.append(reason)
+        logger.error("A push to the Hub failed (%s): %s", message, reason)
 
     def wait(self) -> list[str]:
-        """Wait for every push; return the errors (creating the repo included), each also logged."""
-        errors = list(self.errors)
-        for future in self.futures:
-            try:
-                future.result()
-            except Exception as error:  # report every failed push, keep the run's results
-                errors.append(str(error).splitlines()[0] if str(error) else type(error).__name__)
-        for snapshot in self.snapshots:
-            shutil.rmtree(snapshot, ignore_errors=True)
-        for error in errors[len(self.errors) :]:
-            logger.error("A push to the Hub failed: %s", error)
-        return errors
+        """Wait for the upload in flight and the pending one; return the errors (creating the repo included)."""
+        while self.current is not None or self.pending is not None:
+            if self.current is not None:
+                try:
+                    self.current[0].exception()  # blocks until it ends
+                except Exception:  # cancelled: collected as an error below
+                    pass
+            self.poll()
+        return list(self.errors)
 
 
 @dataclass
@@ -965,6 +1009,8 @@ def validate_and_save_bests(run: Run, bar: Any, elapsed: float) -> None:
         with open(run.run_dir / "log_train.txt", "a", encoding="utf-8") as log_train:
             log_train.write(log + "\n")
         card = card_kwargs(run, valid)
+        if run.pusher is not None:
+            run.pusher.poll()
         if (improved_accuracy or improved_ned) and not weights_are_finite(run.evaluated):
             logger.warning("Iteration %d: the weights are not finite; no best model is saved.", state.iteration)
             improved_accuracy = improved_ned = False
@@ -1051,6 +1097,8 @@ def finish(run: Run, runtime: float) -> dict[str, Any]:
     if run.main:
         if run.pusher is not None:
             results["push_errors"] = run.pusher.wait()
+            results["pushes"] = {"pushed": len(run.pusher.pushed), "failed": len(results["push_errors"]),
+                                 "skipped_stale": run.pusher.skipped_stale}  # fmt: skip
         results = finite_or_none(results)
         (run.run_dir / "all_results.json").write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
         run.accelerator.print(f"end the training: best accuracy {state.best_accuracy:.3f}, best norm_ED "
