@@ -426,3 +426,39 @@ def test_pusher_keeps_one_copy_skips_a_stale_best_and_reports_a_refused_push(tmp
     api.finish(1)
     assert pusher.wait() == ["403 Forbidden: no write access"]
     assert pusher.pushed == ["best 1"] and not api.uploads[1][3].exists()
+
+
+# ---- two processes ---------------------------------------------------------------------------------------------
+
+
+def launch(*args, timeout=300):
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT, subprocess_env
+
+    command = [sys.executable, str(REPO_ROOT / "scripts" / "launch.py"), "--config_file",
+               str(REPO_ROOT / "accelerate_configs" / "cpu_ddp.yaml"), str(REPO_ROOT / "scripts" / "train.py"), *args]
+    return subprocess.run(command, env=subprocess_env(ACCELERATE_USE_CPU="1"), capture_output=True, text=True,
+                          timeout=timeout)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_two_processes_with_corrupt_only_batches_on_one_rank_stay_in_step(data, tmp_path):
+    # batch 1 per process, half the images corrupt: often one rank's batch is empty while the other's is not.
+    # Were the skip decided per rank, the ranks' all-reduces would fall out of step and the run would hang.
+    make_lmdb(tmp_path / "half" / "MJ", [f"w{i}" for i in range(16)], corrupt=set(range(0, 16, 2)))
+    result = launch(*argv(data, tmp_path / "out", "--batch_size", "1", "--gradient_accumulation_steps", "2",
+                          "--num_iter", "8", "--valInterval", "4", "--select_data", "MJ", "--batch_ratio", "1",
+                          "--max_skipped_steps", "8", train_data=tmp_path / "half"))  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    results = json.loads((tmp_path / "out" / "run" / "all_results.json").read_text())
+    assert results["iterations"] == 8 and results["empty_batches_skipped"] > 0
+
+
+@pytest.mark.slow
+def test_launcher_adds_no_traceback_after_the_scripts_one_line_error(data, tmp_path):
+    result = launch(*argv(data, tmp_path, train_data=tmp_path / "missing"))
+    assert result.returncode == 1
+    assert "error: Data folder not found" in result.stderr
+    assert "Traceback" not in result.stderr and "ChildFailedError" not in result.stderr, result.stderr

@@ -176,7 +176,8 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
     try:
         return main(argv)
     except (ValueError, OSError) as error:  # FileNotFoundError, PermissionError, a full disk ...
-        print(f"error: {error}", file=sys.stderr)
+        if not getattr(error, "quiet", False):  # quiet: another process printed the error
+            print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -20,7 +20,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -582,7 +582,8 @@ def start_run(model_config: ModelConfig, data_config: DataConfig, train_config: 
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
     )
     run = Run(model_config, data_config, train_config, accelerator, exp_name, run_dir)
-    check_run_dir(run_dir, train_config)  # every process reads the folder before any writes to it
+    with main_reports(accelerator):
+        check_run_dir(run_dir, train_config)  # every process reads the folder before any writes to it
     accelerator.wait_for_everyone()
     if run.main:
         if train_config.overwrite_output_dir and not train_config.resume_from_checkpoint:
@@ -740,11 +741,53 @@ def resume_checkpoint(train_config: TrainConfig, checkpoints_dir: Path, main: bo
     return resume_dir
 
 
+class FailedElsewhere(TrainingStopped):
+    """This process stops because another one failed; that one prints the error (``cli.run`` prints nothing)."""
+
+    quiet = True
+
+
+@contextlib.contextmanager
+def main_reports(accelerator: Accelerator) -> Iterator[None]:
+    """For a check that every process makes alike: only the main process reports its refusal; the others stop
+    quietly, so the message appears once."""
+    try:
+        yield
+    except TrainingStopped:
+        if accelerator.is_main_process:
+            raise
+        raise FailedElsewhere("the main process refused to go on (see its error)") from None
+
+
+def main_process_first(accelerator: Accelerator, step: Callable[[], None]) -> None:
+    """``accelerator.main_process_first()`` that fails together: when the main process fails (a missing folder),
+    the others do not wait for it at a barrier, nor try again; every process stops, and only the one that failed
+    prints its error (under ``accelerate launch``, no other process adds a traceback)."""
+
+    def attempt() -> BaseException | None:
+        try:
+            step()
+        except Exception as error:
+            return error
+        return None
+
+    error = attempt() if accelerator.is_main_process else None
+    (main_failed,) = agreed_across_processes(accelerator, [error is not None])  # also the barrier
+    if not main_failed and not accelerator.is_main_process:
+        error = attempt()
+    (any_failed,) = agreed_across_processes(accelerator, [error is not None])
+    if error is not None:
+        raise error
+    if any_failed:
+        raise FailedElsewhere("another process failed (see its error)")
+
+
 def build_data(run: Run) -> None:
     """Training and validation data, built on the main process first (so LMDB conversion caches are written once);
     the training sampler starts at the resumed batch."""
     data_config, train_config, accelerator = run.data_config, run.train_config, run.accelerator
-    with accelerator.main_process_first():
+
+    def build() -> None:
         run.train_data = build_train_data(
             data_config.train_data, run.model_config, select_data=data_config.select_data,
             batch_ratio=data_config.batch_ratio, total_data_usage_ratio=data_config.total_data_usage_ratio,
@@ -755,6 +798,8 @@ def build_data(run: Run) -> None:
         )  # fmt: skip
         run.valid_data = build_eval_data(data_config.valid_data, run.model_config,
                                          data_filtering_off=data_config.data_filtering_off)  # fmt: skip
+
+    main_process_first(accelerator, build)
     loader = DataLoader(run.train_data.dataset, batch_sampler=run.train_data.sampler,
                         collate_fn=run.train_data.collator, num_workers=data_config.workers,
                         pin_memory=accelerator.device.type == "cuda",
@@ -769,7 +814,8 @@ def write_run_files(run: Run) -> None:
     accelerator, model_config = run.accelerator, run.model_config
     configs = run_configs(run)
     if run.resume_dir is not None:
-        check_resumed_config(run, configs)  # every process: all refuse alike
+        with main_reports(accelerator):
+            check_resumed_config(run, configs)  # every process: all refuse alike
     if not run.main:
         accelerator.init_trackers(run.exp_name)
         return
