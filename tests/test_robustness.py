@@ -462,3 +462,37 @@ def test_launcher_adds_no_traceback_after_the_scripts_one_line_error(data, tmp_p
     assert result.returncode == 1
     assert "error: Data folder not found" in result.stderr
     assert "Traceback" not in result.stderr and "ChildFailedError" not in result.stderr, result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shared", [False, True], ids=["node_local_folders", "shared_folder"])
+def test_two_nodes_without_a_shared_output_folder_fail_with_a_message(data, tmp_path, shared):
+    import socket
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT, subprocess_env
+
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    nodes = []
+    for rank in (0, 1):  # two "nodes" on this machine, each with its own output folder unless shared
+        out = tmp_path / ("shared" if shared else f"node{rank}")
+        command = [sys.executable, str(REPO_ROOT / "scripts" / "launch.py"), "--config_file",
+                   str(REPO_ROOT / "accelerate_configs" / "cpu_ddp.yaml"), "--num_machines", "2", "--num_processes",
+                   "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1", "--main_process_port", port,
+                   str(REPO_ROOT / "scripts" / "train.py"), *argv(data, out, "--num_iter", "2")]  # fmt: skip
+        nodes.append(subprocess.Popen(command, env=subprocess_env(ACCELERATE_USE_CPU="1"), stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))  # fmt: skip
+    outputs = [node.communicate(timeout=300) for node in nodes]
+    codes = [node.returncode for node in nodes]
+    if shared:
+        assert codes == [0, 0], outputs
+        assert json.loads((tmp_path / "shared" / "run" / "all_results.json").read_text())["iterations"] == 2
+        assert not list((tmp_path / "shared" / "run").glob(".shared-*"))  # the marker is removed
+    else:
+        assert codes == [1, 1], outputs
+        assert "is not shared by every node: process(es) [1]" in outputs[0][1]
+        assert "error:" not in outputs[1][1]  # the message appears once, from the main process
+        assert not (tmp_path / "node0" / "run" / "best_accuracy").exists()

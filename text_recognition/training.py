@@ -15,6 +15,7 @@ import errno
 import hashlib
 import json
 import math
+import os
 import re
 import shutil
 import tempfile
@@ -591,8 +592,38 @@ def start_run(model_config: ModelConfig, data_config: DataConfig, train_config: 
         remove_leftovers(run_dir)
         run.checkpoints_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
+    with main_reports(accelerator):
+        check_shared_run_dir(accelerator, run_dir)
     set_seed(train_config.seed)
     return run
+
+
+def check_shared_run_dir(accelerator: Accelerator, run_dir: Path) -> None:
+    """Several processes (nodes): the run folder must be one folder that every node sees, since checkpoints and
+    best models are written by the global main process and resumed by all. The main process writes a marker file,
+    the local main process of every node looks for it."""
+    if accelerator.num_processes == 1:
+        return
+    from accelerate.utils import broadcast_object_list
+
+    token = [f".shared-{time.time_ns()}-{os.getpid()}" if accelerator.is_main_process else None]
+    broadcast_object_list(token)
+    marker = run_dir / token[0]
+    if accelerator.is_main_process:
+        marker.write_text("written by the main process to check that every node sees this folder\n")
+    accelerator.wait_for_everyone()
+    seen = marker.is_file() if accelerator.is_local_main_process else True
+    views = gather_object([(accelerator.process_index, seen)])
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        marker.unlink(missing_ok=True)
+    blind = [rank for rank, sees in views if not sees]
+    if blind:
+        raise TrainingStopped(
+            f"{run_dir} is not shared by every node: process(es) {blind} (local main of their node) do not see a file "
+            f"the main process wrote there. Checkpoints and best models are written by the main process and resumed "
+            f"by every node, so --output_dir must be on a filesystem shared by all nodes (e.g. NFS)."
+        )
 
 
 def holds_a_run(run_dir: Path) -> list[str]:
@@ -1040,8 +1071,11 @@ def validate_and_save_bests(run: Run, bar: Any, elapsed: float) -> None:
     )  # fmt: skip
     run.last_valid = valid
     improved_accuracy, improved_ned = valid.accuracy > state.best_accuracy, valid.norm_ED > state.best_norm_ED
-    state.best_accuracy = max(state.best_accuracy, valid.accuracy)
-    state.best_norm_ED = max(state.best_norm_ED, valid.norm_ED)
+    if (improved_accuracy or improved_ned) and not weights_are_finite(run.evaluated):
+        logger.warning("Iteration %d: the weights are not finite; no best model is saved.", state.iteration)
+        improved_accuracy = improved_ned = False  # nor counted as a best: a finite model may match it later
+    state.best_accuracy = valid.accuracy if improved_accuracy else state.best_accuracy
+    state.best_norm_ED = valid.norm_ED if improved_ned else state.best_norm_ED
     state.validations_without_gain = 0 if improved_accuracy else state.validations_without_gain + 1
     patience = train_config.early_stopping_patience
     if patience is not None and state.validations_without_gain >= patience:
@@ -1057,9 +1091,6 @@ def validate_and_save_bests(run: Run, bar: Any, elapsed: float) -> None:
         card = card_kwargs(run, valid)
         if run.pusher is not None:
             run.pusher.poll()
-        if (improved_accuracy or improved_ned) and not weights_are_finite(run.evaluated):
-            logger.warning("Iteration %d: the weights are not finite; no best model is saved.", state.iteration)
-            improved_accuracy = improved_ned = False
         if improved_accuracy:
             save_model_folder(run.evaluated, run.run_dir / "best_accuracy", card)
             if run.pusher is not None:
