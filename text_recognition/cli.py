@@ -201,8 +201,9 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
     """Run a script's ``main``: user errors print ``error: ...`` on stderr and exit 1, without a traceback."""
     try:
         return main(argv)
-    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (ValueError, OSError) as error:  # FileNotFoundError, PermissionError, a full disk ...
+        if not getattr(error, "quiet", False):  # quiet: another process printed the error
+            print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -229,7 +230,12 @@ def _config_file_defaults(parser: argparse.ArgumentParser, path: str) -> dict[st
     if not file.is_file():
         raise FileNotFoundError(f"--config file not found: {path!r}")
     text = file.read_text(encoding="utf-8")
-    values = json.loads(text) if file.suffix == ".json" else yaml.safe_load(text)
+    try:
+        values = json.loads(text) if file.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        kind = "JSON" if file.suffix == ".json" else "YAML"
+        raise ValueError(f"--config {path!r} is not valid {kind}: {reason}") from None
     if not isinstance(values, dict):
         raise ValueError(f"--config {path!r} must hold a mapping of flag names to values.")
     by_name = {
@@ -241,12 +247,32 @@ def _config_file_defaults(parser: argparse.ArgumentParser, path: str) -> dict[st
         if action is None or action.dest in ("help", "config"):
             unknown.append(key)
             continue
-        if action.type is not None and value is not None and not isinstance(value, bool):
-            value = action.type(value)
-        defaults[action.dest] = value
+        defaults[action.dest] = _config_value(action, key, value, path)
     if unknown:
         raise ValueError(f"Unknown keys in --config {path!r}: {unknown}. Use the flag names, e.g. batch_size, imgH.")
     return defaults
+
+
+_CONFIG_BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+
+
+def _config_value(action: argparse.Action, key: str, value: Any, path: str) -> Any:
+    """A ``--config`` value checked against its flag: a switch takes a real boolean, or one of the strings
+    true/false/yes/no/1/0 (so ``"no"`` is never taken as true); any other flag its own type."""
+    if isinstance(action, argparse._StoreTrueAction):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, (str, int)) and str(value).strip().lower() in _CONFIG_BOOLEANS:
+            return _CONFIG_BOOLEANS[str(value).strip().lower()]
+        raise ValueError(f"--config {path!r}: {key} is a switch and takes true or false, got {value!r}.")
+    if value is None or action.type is None:
+        return value
+    if isinstance(value, bool) or isinstance(value, (list, dict)):
+        raise ValueError(f"--config {path!r}: {key} takes a {action.type.__name__}, got {value!r}.")
+    try:
+        return action.type(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"--config {path!r}: {key} takes a {action.type.__name__}, got {value!r}.") from None
 
 
 def parse_train_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

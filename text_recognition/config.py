@@ -6,6 +6,7 @@ plain keyword arguments, and it must rebuild exactly what was saved.
 
 from __future__ import annotations
 
+import math
 import string
 import warnings
 from collections import Counter
@@ -315,9 +316,20 @@ class TrainConfig:
     grad_clip: float = option(5.0, help="gradient norm clipping")
     baidu_ctc: bool = option(False, "--baiduCTC", "--baidu_ctc", help="Baidu warp-ctc's loss (summed, / batch size)")
     gradient_accumulation_steps: int = option(1, help="batches per optimizer step")
-    checkpointing_steps: int | None = option(None, help="save a resumable checkpoint every N steps")
-    checkpoints_total_limit: int | None = option(None, help="keep at most N checkpoints")
+    checkpointing_steps: int | None = option(
+        None, help="save a resumable checkpoint every N steps (default: at every validation and at the end)"
+    )
+    checkpoints_total_limit: int | None = option(None, help="keep at most N checkpoints (default 2)")
     resume_from_checkpoint: str | None = option(None, help="a checkpoint folder or 'latest'")
+    overwrite_output_dir: bool = option(
+        False, help="start afresh in a run folder that already holds a run (its checkpoints and bests are deleted)"
+    )
+    allow_config_change: bool = option(
+        False, help="resume although batch size, data, seed or model differ from the checkpoint's run (logged)"
+    )
+    max_skipped_steps: int = option(
+        25, help="stop after this many optimizer steps in a row skipped (non-finite loss or gradient, no image)"
+    )
     log_interval: int = option(100, help="log the training loss (and a progress line off a terminal) every N steps")
     report_to: str | None = option(None, help="tensorboard | none (default: tensorboard when installed)")
     push_to_hub: bool = option(False, help="push each new best-accuracy model to --hub_model_id")
@@ -325,12 +337,16 @@ class TrainConfig:
     hub_private_repo: bool = option(False, help="create the Hub repo as private")
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "num_iter", "val_interval", "gradient_accumulation_steps", "log_interval"):
+        for name in ("batch_size", "num_iter", "val_interval", "gradient_accumulation_steps", "log_interval",
+                     "max_skipped_steps"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
         for name in ("checkpointing_steps", "checkpoints_total_limit"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1 (or unset), got {getattr(self, name)}.")
+        for name in ("lr", "grad_clip", "weight_decay", "beta1", "rho", "eps", "label_smoothing"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}.")
         if self.lr <= 0 or self.grad_clip <= 0:
             raise ValueError(f"lr and grad_clip must be positive, got lr={self.lr}, grad_clip={self.grad_clip}.")
         if self.push_to_hub and not self.hub_model_id:

@@ -166,6 +166,7 @@ class DatasetResult:
     abstained: int = 0  # results below min_confidence or outside the constraints
     answered_accuracy: float = 0.0  # percent, over the results that did not abstain
     records: list[Record] = field(default_factory=list, repr=False)  # every prediction, for plots
+    num_undecodable: int = 0  # images that could not be decoded: not scored, reported
 
 
 @dataclass
@@ -210,6 +211,12 @@ class EvaluationReport:
                   f"{r.mean_confidence:.4f} | {r.calibration.get('ece', 0.0):.4f} | "
                   f"{r.selective.get('coverage_at_accuracy', {}).get('0.95', 0.0):.3f} | {r.ms_per_image:.3f} |"
                   for r in self.results]  # fmt: skip
+        if any(r.num_undecodable for r in self.results):  # a column only when some image could not be decoded
+            lines[2] = lines[2].replace("| samples |", "| samples | undecodable (not scored) |")
+            lines[3] += "---|"
+            for number, r in enumerate(self.results, start=4):
+                lines[number] = lines[number].replace(f"| {r.num_samples} |", f"| {r.num_samples} | "
+                                                      f"{r.num_undecodable} |", 1)  # fmt: skip
         samples = sum(r.num_samples for r in self.results)
         if len(self.results) > 1:
             total = f"{self.total_accuracy:.3f}"
@@ -242,6 +249,7 @@ class EvaluationReport:
                 r.dataset: {
                     "protocol": self.protocol.description,
                     "num_samples": r.num_samples,
+                    "num_undecodable": r.num_undecodable,
                     "accuracy": r.accuracy,
                     "norm_ED": r.norm_ED,
                     "cer": r.cer,
@@ -337,7 +345,8 @@ def evaluate(
     ``temperature``) and selective-prediction scores (AURC, coverage at 95 % and 99 % accuracy).
 
     Raises:
-        ValueError: an unknown protocol, or impossible decoding constraints.
+        ValueError: an unknown protocol, impossible decoding constraints, or a dataset of which no sample could be
+            scored (all undecodable or filtered).
         FileNotFoundError: ``eval_data`` missing, or a name in ``names`` that is not there.
     """
     decoding = decoding or DecodingOptions()
@@ -354,8 +363,10 @@ def evaluate(
         filtered, kept = sources_by_name[name]
         sources = MixedSources([(name, filtered, len(filtered), kept)])
         data = TextData(sources, TextCollator(data_rules, protocol.data_filtering_off), log="")
+        skips = SkipTracker()
         records, _, seconds = predict_records(model, data, list(range(len(filtered))), batch_size, device=device,
-                                              num_workers=num_workers, warmup=True, decoder=decoder)  # fmt: skip
+                                              num_workers=num_workers, warmup=True, skips=skips,
+                                              decoder=decoder)  # fmt: skip
         scores = score_records(records, protocol)
         correct = [is_correct(r, protocol) for r in records]
         failures = [r for r, ok in zip(records, correct) if not ok]
@@ -367,9 +378,13 @@ def evaluate(
                                      scores.accuracy_by_length, calibration, selective,
                                      sum(r.abstained for r in records),
                                      100.0 * sum(answered) / len(answered) if answered else 0.0,
-                                     records))  # fmt: skip
+                                     records, sum(skips.counts.values())))  # fmt: skip
         if timing_data is None and len(filtered):
             timing_data = data
+    unscored = [f"{r.dataset} ({r.num_undecodable} undecodable image(s))" for r in results if not r.num_samples]
+    if unscored:
+        raise ValueError(f"No sample could be scored in {', '.join(unscored)} under {os.fspath(eval_data)!r}: "
+                         f"check the dataset (its images, and its labels against the model's charset and length).")
     batch1 = None
     if timing_samples and timing_data is not None:
         count = min(timing_samples, len(timing_data.dataset))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -213,7 +214,8 @@ class TextRecognitionModel(
         options = DecodingOptions(beam_width, allowlist, blocklist, tuple(lexicon) if lexicon is not None else None,
                                   pattern, min_confidence)  # fmt: skip
         decoder = self.decoder(options)
-        if isinstance(images, (str, os.PathLike)) or not isinstance(images, Iterable) or hasattr(images, "shape"):
+        single = (str, os.PathLike, bytes, bytearray, memoryview)  # bytes: one encoded image, not a sequence of ints
+        if isinstance(images, single) or not isinstance(images, Iterable) or hasattr(images, "shape"):
             images = [images]
         images = list(images)
         if batch_size < 1:
@@ -295,7 +297,12 @@ class TextRecognitionModel(
                 )
             except EntryNotFoundError:
                 raise FileNotFoundError(f"The Hub repo {model_id!r} has no {SAFETENSORS_NAME}.") from None
-        state_dict = load_file(weights, device="cpu")
+        try:
+            state_dict = load_file(weights, device="cpu")
+        except Exception as error:  # safetensors' SafetensorError: a truncated or corrupt file
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise ValueError(f"{weights!r} cannot be read as safetensors weights ({reason}): the file is truncated or "
+                             f"corrupt; save or download the model again.") from None  # fmt: skip
         if strict:
             state_dict = check_state_dict(model, state_dict, model.config, repr(model_id))
         model.load_state_dict(state_dict, strict=strict)
@@ -359,6 +366,17 @@ def expected_sequence_length(config: ModelConfig) -> int:
     return columns - 1 if config.feature_extraction == "VGG" else columns + 1
 
 
+def _check_config_file(path: Path) -> None:
+    """A model folder's ``config.json`` must be a JSON object (what ``save_pretrained`` writes)."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{str(path)!r} is not valid JSON ({error}): save the model again.") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{str(path)!r} holds a JSON {type(value).__name__}, not an object of model settings "
+                         f"(as save_pretrained writes): save the model again.")  # fmt: skip
+
+
 def load_model(
     saved_model: str | os.PathLike, config: ModelConfig | None = None, map_location: str = "cpu"
 ) -> TextRecognitionModel:
@@ -384,7 +402,11 @@ def load_model(
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{str(path)!r} is not a model folder: it has no config.json.")
-        return TextRecognitionModel.from_pretrained(path, map_location=map_location)
+        _check_config_file(path / "config.json")
+        try:
+            return TextRecognitionModel.from_pretrained(path, map_location=map_location)
+        except TypeError as error:  # a key ModelConfig does not take
+            raise ValueError(f"{str(path / 'config.json')!r} is not a model configuration: {error}.") from None
     name = os.fspath(saved_model)
     if not is_repo_id(name):
         raise FileNotFoundError(f"{name!r} does not exist (expected a model folder, a Hub id or a DTRB .pth).")

@@ -11,20 +11,25 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import errno
+import hashlib
 import json
 import math
-import logging
+import os
+import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object, set_seed
+from accelerate.logging import get_logger
+from accelerate.utils import ProjectConfiguration, gather_object, set_seed
 from torch.utils.data import DataLoader
 
 from .checkpoints import check_state_dict, read_dtrb_state_dict
@@ -37,11 +42,23 @@ from .metrics import Protocol
 from .model import TextRecognitionModel, load_model
 from .progress import progress
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)  # main process only, unless a call says main_process_only=False
 
 DASHED = "-" * 80
 CHECKPOINT_PREFIX = "checkpoint-"
 VALIDATION_HISTORY = "validation_history.jsonl"
+DEFAULT_CHECKPOINTS_LIMIT = 2  # without --checkpoints_total_limit: the last two checkpoints are kept
+MANIFEST = "manifest.json"  # in every checkpoint: the size of each file, to tell a truncated one
+#: What a run folder holds; a new run refuses to start where any of these exist (see ``check_run_dir``).
+RUN_FILES = ("run_config.json", "log_train.txt", "all_results.json", "best_accuracy", "best_norm_ED")
+#: What ``--overwrite_output_dir`` removes (only these: anything else in the folder stays).
+OVERWRITTEN = (*RUN_FILES, "checkpoints", "opt.txt", "log_dataset.txt", "logs",
+              VALIDATION_HISTORY, "validation_curves.png")
+
+
+class TrainingStopped(ValueError):
+    """Training cannot go on: ``max_skipped_steps`` optimizer steps in a row were skipped (a non-finite loss or
+    gradient, or no decodable image), or a run folder or resumed configuration was refused."""
 
 
 # ---- building blocks ----------------------------------------------------------------------------------------------
@@ -159,6 +176,9 @@ class TrainState:
     skipped: dict[str, int] = field(default_factory=dict)
     validations_without_gain: int = 0
     stopped_early: bool = False
+    nonfinite_steps: int = 0  # optimizer steps skipped for a non-finite loss or gradient
+    empty_batches: int = 0  # batches skipped on every process because one process had no decodable image in it
+    skipped_in_a_row: int = 0
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -168,19 +188,53 @@ class TrainState:
             setattr(self, key, value)
 
 
-def latest_checkpoint(checkpoints_dir: Path) -> Path | None:
-    """The complete checkpoint with the highest step (temporary folders of an interrupted save are ignored)."""
+def list_checkpoints(checkpoints_dir: Path) -> list[Path]:
+    """The finished checkpoint folders, highest step first (temporary folders of an interrupted save are ignored)."""
     found = []
     for path in checkpoints_dir.glob(f"{CHECKPOINT_PREFIX}*"):
         step = path.name[len(CHECKPOINT_PREFIX) :]
         if path.is_dir() and step.isdigit():
             found.append((int(step), path))
-    return max(found)[1] if found else None
+    return [path for _, path in sorted(found, reverse=True)]
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why the checkpoint ``path`` cannot be resumed from (a missing or truncated file), or None when it is whole.
+    Checked against the file sizes its ``manifest.json`` recorded when it was written."""
+    try:
+        json.loads((path / "train_state.json").read_text())
+    except (OSError, ValueError):
+        return "train_state.json is missing or not valid JSON"
+    manifest = path / MANIFEST
+    if not manifest.is_file():
+        return None  # written before manifests: accepted as it is
+    try:
+        sizes = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return f"{MANIFEST} is not valid JSON"
+    for name, size in sizes.items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != size:
+            return f"{name} is truncated ({file.stat().st_size:,} bytes of {size:,})"
+    return None
+
+
+def latest_checkpoint(checkpoints_dir: Path) -> Path | None:
+    """The complete checkpoint with the highest step; a newer one with a missing or truncated file is passed over,
+    with a warning that says which file and which checkpoint is used instead."""
+    for path in list_checkpoints(checkpoints_dir):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        logger.warning("Checkpoint %s cannot be resumed from (%s): falling back to the previous complete one.",
+                       path, problem)  # fmt: skip
+    return None
 
 
 def prune_checkpoints(checkpoints_dir: Path, limit: int | None) -> None:
-    if not limit:
-        return
+    limit = limit or DEFAULT_CHECKPOINTS_LIMIT
     steps = sorted(int(p.name[len(CHECKPOINT_PREFIX) :]) for p in checkpoints_dir.glob(f"{CHECKPOINT_PREFIX}*")
                    if p.name[len(CHECKPOINT_PREFIX) :].isdigit())  # fmt: skip
     for step in steps[:-limit]:
@@ -304,15 +358,24 @@ def _report_to(requested: str | None) -> str | None:
 
 
 class _Pusher:
-    """Pushes best-accuracy model folders to the Hub in the background; failures are logged, never raised."""
+    """Pushes best-accuracy model folders to the Hub in the background; failures are logged, never raised.
 
-    def __init__(self, repo_id: str, private: bool) -> None:
-        from huggingface_hub import HfApi
+    One upload at a time, from one temporary copy (the folder is replaced by the next best while uploading), removed
+    as soon as its upload ends. A best that comes while an upload runs waits as the one pending push; a newer best
+    replaces it (the stale one is skipped, never uploaded), so at most one copy exists and the last best is always
+    pushed."""
 
-        self.api = HfApi()
-        self.futures: list[Any] = []
-        self.snapshots: list[Path] = []
+    def __init__(self, repo_id: str, private: bool, api: Any = None) -> None:
+        if api is None:
+            from huggingface_hub import HfApi
+
+            api = HfApi()
+        self.api = api
+        self.current: tuple[Any, Path, str] | None = None  # (future, temporary copy, message) of the upload in flight
+        self.pending: tuple[Path, str] | None = None  # (folder, message) of the next one
         self.errors: list[str] = []
+        self.pushed: list[str] = []  # commit messages of the uploads that succeeded
+        self.skipped_stale = 0
         try:
             self.repo_id = self.api.create_repo(repo_id, private=private, exist_ok=True).repo_id
         except Exception as error:  # token, permission, network: training goes on without pushing
@@ -323,30 +386,65 @@ class _Pusher:
             self.repo_id = None
 
     def push(self, folder: Path, message: str) -> None:
+        """Upload ``folder`` now, or once the upload in flight ends (replacing a best still waiting)."""
         if self.repo_id is None:
             return
+        self.poll()
+        if self.current is None:
+            self._start(folder, message)
+            return
+        if self.pending is not None:
+            self.skipped_stale += 1
+            logger.info("Hub push skipped (a newer best replaced it): %s", self.pending[1])
+        self.pending = (folder, message)
+
+    def poll(self) -> None:
+        """Collect an upload that ended (its copy removed, an error logged), and start the pending one."""
+        if self.current is not None and self.current[0].done():
+            self._collect()
+        if self.current is None and self.pending is not None:
+            folder, message = self.pending
+            self.pending = None
+            self._start(folder, message)
+
+    def _start(self, folder: Path, message: str) -> None:
         snapshot = Path(tempfile.mkdtemp(prefix="push_"))
-        shutil.copytree(folder, snapshot, dirs_exist_ok=True)  # the folder may be replaced while uploading
-        self.snapshots.append(snapshot)
-        self.futures.append(
-            self.api.upload_folder(
-                repo_id=self.repo_id, folder_path=snapshot, commit_message=message, run_as_future=True
-            )  # fmt: skip
-        )
+        try:
+            shutil.copytree(folder, snapshot, dirs_exist_ok=True)  # the folder may be replaced while uploading
+            future = self.api.upload_folder(repo_id=self.repo_id, folder_path=snapshot, commit_message=message,
+                                            run_as_future=True)  # fmt: skip
+        except Exception as error:  # a full /tmp, a refused request
+            shutil.rmtree(snapshot, ignore_errors=True)
+            self._failed(message, error)
+            return
+        self.current = (future, snapshot, message)
+
+    def _collect(self) -> None:
+        future, snapshot, message = self.current
+        self.current = None
+        try:
+            future.result()
+            self.pushed.append(message)
+        except Exception as error:  # report every failed push, keep the run's results
+            self._failed(message, error)
+        finally:
+            shutil.rmtree(snapshot, ignore_errors=True)
+
+    def _failed(self, message: str, error: Exception) -> None:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        self.errors.append(reason)
+        logger.error("A push to the Hub failed (%s): %s", message, reason)
 
     def wait(self) -> list[str]:
-        """Wait for every push; return the errors (creating the repo included), each also logged."""
-        errors = list(self.errors)
-        for future in self.futures:
-            try:
-                future.result()
-            except Exception as error:  # report every failed push, keep the run's results
-                errors.append(str(error).splitlines()[0] if str(error) else type(error).__name__)
-        for snapshot in self.snapshots:
-            shutil.rmtree(snapshot, ignore_errors=True)
-        for error in errors[len(self.errors) :]:
-            logger.error("A push to the Hub failed: %s", error)
-        return errors
+        """Wait for the upload in flight and the pending one; return the errors (creating the repo included)."""
+        while self.current is not None or self.pending is not None:
+            if self.current is not None:
+                try:
+                    self.current[0].exception()  # blocks until it ends
+                except Exception:  # cancelled: collected as an error below
+                    pass
+            self.poll()
+        return list(self.errors)
 
 
 @dataclass
@@ -372,6 +470,7 @@ class Run:
     pusher: _Pusher | None = None
     meter: Throughput = field(default_factory=lambda: Throughput())
     last_valid: Validation | None = None
+    resume_dir: Path | None = None
 
     @property
     def checkpoints_dir(self) -> Path:
@@ -456,13 +555,15 @@ def train(model_config: ModelConfig, data_config: DataConfig, train_config: Trai
     run.meter = Throughput()
     start_time = time.perf_counter() - run.state.elapsed
     while run.state.iteration < train_config.num_iter and not run.state.stopped_early:
-        optimizer_step(run)
+        outcome = optimizer_step(run)
         run.state.iteration += 1
+        count_skipped_step(run, outcome)
         log_step(run, bar)
-        if is_validation_step(run.state.iteration, train_config):
+        validated = is_validation_step(run.state.iteration, train_config)
+        if validated:
             with run.meter.paused():
                 validate_and_save_bests(run, bar, elapsed=time.perf_counter() - start_time)
-        if train_config.checkpointing_steps and run.state.iteration % train_config.checkpointing_steps == 0:
+        if is_checkpoint_step(run.state, train_config, validated):
             with run.meter.paused():
                 run.state.elapsed = time.perf_counter() - start_time
                 save_checkpoint(run)
@@ -474,20 +575,118 @@ def train(model_config: ModelConfig, data_config: DataConfig, train_config: Trai
 
 
 def start_run(model_config: ModelConfig, data_config: DataConfig, train_config: TrainConfig) -> Run:
-    """The accelerator (devices, precision, processes), the run folder and the seeds."""
+    """The accelerator (devices, precision, processes), the run folder (checked, and cleared of what a killed run
+    left behind) and the seeds."""
     exp_name = train_config.exp_name or f"{model_config.stage_string}-Seed{train_config.seed}"
     run_dir = Path(train_config.output_dir) / exp_name
     accelerator = Accelerator(
         gradient_accumulation_steps=train_config.gradient_accumulation_steps,
         log_with=_report_to(train_config.report_to),
-        project_dir=str(run_dir / "logs"),
+        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
     )
     run = Run(model_config, data_config, train_config, accelerator, exp_name, run_dir)
+    with main_reports(accelerator):
+        check_run_dir(run_dir, train_config)  # every process reads the folder before any writes to it
+    accelerator.wait_for_everyone()
     if run.main:
+        if train_config.overwrite_output_dir and not train_config.resume_from_checkpoint:
+            clear_run_dir(run_dir)
+        remove_leftovers(run_dir)
         run.checkpoints_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
+    with main_reports(accelerator):
+        check_shared_run_dir(accelerator, run_dir)
     set_seed(train_config.seed)
     return run
+
+
+def check_shared_run_dir(accelerator: Accelerator, run_dir: Path) -> None:
+    """Several processes (nodes): the run folder must be one folder that every node sees, since checkpoints and
+    best models are written by the global main process and resumed by all. The main process writes a marker file,
+    the local main process of every node looks for it."""
+    if accelerator.num_processes == 1:
+        return
+    from accelerate.utils import broadcast_object_list
+
+    token = [f".shared-{time.time_ns()}-{os.getpid()}" if accelerator.is_main_process else None]
+    broadcast_object_list(token)
+    marker = run_dir / token[0]
+    if accelerator.is_main_process:
+        marker.write_text("written by the main process to check that every node sees this folder\n")
+    accelerator.wait_for_everyone()
+    seen = marker.is_file() if accelerator.is_local_main_process else True
+    views = gather_object([(accelerator.process_index, seen)])
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        marker.unlink(missing_ok=True)
+    blind = [rank for rank, sees in views if not sees]
+    if blind:
+        raise TrainingStopped(
+            f"{run_dir} is not shared by every node: process(es) {blind} (local main of their node) do not see a file "
+            f"the main process wrote there. Checkpoints and best models are written by the main process and resumed "
+            f"by every node, so --output_dir must be on a filesystem shared by all nodes (e.g. NFS)."
+        )
+
+
+def holds_a_run(run_dir: Path) -> list[str]:
+    """What in ``run_dir`` shows that a run was started there (empty when none was)."""
+    found = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if list_checkpoints(run_dir / "checkpoints"):
+        found.append("checkpoints/")
+    return found
+
+
+def check_run_dir(run_dir: Path, train_config: TrainConfig) -> None:
+    """A new run never starts over an old one: re-running a command would replace its ``best_accuracy/`` and prune
+    its checkpoints. Starting in a folder that holds a run needs ``--resume_from_checkpoint`` (with a checkpoint to
+    resume from) or ``--overwrite_output_dir``."""
+    if train_config.overwrite_output_dir:
+        return
+    found = holds_a_run(run_dir)
+    if not found:
+        return
+    resume = train_config.resume_from_checkpoint
+    if resume and (resume != "latest" or list_checkpoints(run_dir / "checkpoints")):
+        return
+    what = ", ".join(found)
+    if resume == "latest":
+        raise TrainingStopped(
+            f"--resume_from_checkpoint latest: {run_dir} holds a run ({what}) but no checkpoint to resume from; "
+            f"give --overwrite_output_dir to start afresh there (its bests are deleted), or another --exp_name."
+        )
+    raise TrainingStopped(
+        f"{run_dir} already holds a run ({what}): give --resume_from_checkpoint latest to continue it, "
+        f"--overwrite_output_dir to start afresh there (its checkpoints and bests are deleted), or another --exp_name."
+    )
+
+
+def clear_run_dir(run_dir: Path) -> None:
+    """``--overwrite_output_dir``: remove the old run's files (only those this trainer writes)."""
+    for name in OVERWRITTEN:
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    for path in run_dir.glob("run_config.resume-*.json"):
+        path.unlink()
+
+
+def remove_leftovers(run_dir: Path) -> None:
+    """What a killed run leaves: temporary best-model and checkpoint folders are removed; a best-model folder caught
+    between its old and new version (``.best_accuracy.old`` without ``best_accuracy``) gets its old one back."""
+    for name in ("best_accuracy", "best_norm_ED"):
+        old = run_dir / f".{name}.old"
+        if old.is_dir() and not (run_dir / name).exists():
+            old.rename(run_dir / name)
+            logger.warning("Restored %s from %s, left by an interrupted save.", run_dir / name, old.name)
+    leftovers = [*run_dir.glob(".best_*.tmp*"), *run_dir.glob(".best_*.old"),
+                 *(run_dir / "checkpoints").glob(f".tmp-{CHECKPOINT_PREFIX}*")]  # fmt: skip
+    for path in leftovers:
+        shutil.rmtree(path, ignore_errors=True)
+    if leftovers:
+        logger.warning("Removed %d temporary folder(s) left by an interrupted run: %s", len(leftovers),
+                       ", ".join(path.name for path in leftovers))  # fmt: skip
 
 
 def build_model_and_optimizer(run: Run) -> None:
@@ -517,6 +716,7 @@ def build_model_and_optimizer(run: Run) -> None:
         run.accelerator.print(f"--FT: re-initialised {len(reinitialised)} tensors that did not fit: "
                               + ", ".join(reinitialised))  # fmt: skip
     resume_dir = resume_checkpoint(train_config, run.checkpoints_dir, run.main)
+    run.resume_dir = resume_dir
     run.model, run.optimizer = run.accelerator.prepare(model, build_optimizer(model, train_config))
     run.scheduler = build_scheduler(run.optimizer, train_config)
     run.accelerator.register_for_checkpointing(run.scheduler)
@@ -524,9 +724,34 @@ def build_model_and_optimizer(run: Run) -> None:
         run.ema = EMA(run.unwrapped, train_config.ema_decay)
         run.accelerator.register_for_checkpointing(run.ema)
     if resume_dir is not None:
-        run.accelerator.load_state(str(resume_dir))
+        try:
+            run.accelerator.load_state(str(resume_dir))
+        except Exception as error:  # a file truncated or corrupted after its manifest was written
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise TrainingStopped(f"Cannot resume from {resume_dir}: {reason}. Resume from an earlier checkpoint "
+                                  f"(--resume_from_checkpoint {resume_dir.parent}/{CHECKPOINT_PREFIX}N).") from None
         run.state.load_state_dict(json.loads((resume_dir / "train_state.json").read_text()))
+        run.state.skipped_in_a_row = 0
+        if run.main:
+            logger.info("Resuming from %s at iteration %d.", resume_dir, run.state.iteration)
+            truncate_log(run.run_dir / "log_train.txt", run.state.iteration)
     run.skips.counts.update(run.state.skipped)
+
+
+_LOG_ENTRY = re.compile(r"^\[(\d+)/\d+\] Train loss")
+
+
+def truncate_log(path: Path, iteration: int) -> None:
+    """Drop the ``log_train.txt`` entries of steps after ``iteration`` (written after the checkpoint resumed from):
+    they are replayed, and logged again, by the resumed run."""
+    if not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    for number, line in enumerate(lines):
+        match = _LOG_ENTRY.match(line)
+        if match and int(match.group(1)) > iteration:
+            path.write_text("".join(lines[:number]), encoding="utf-8")
+            return
 
 
 def resume_checkpoint(train_config: TrainConfig, checkpoints_dir: Path, main: bool) -> Path | None:
@@ -542,14 +767,60 @@ def resume_checkpoint(train_config: TrainConfig, checkpoints_dir: Path, main: bo
     resume_dir = Path(train_config.resume_from_checkpoint)
     if not (resume_dir / "train_state.json").is_file():
         raise FileNotFoundError(f"{str(resume_dir)!r} is not a complete checkpoint (no train_state.json).")
+    problem = checkpoint_problem(resume_dir)
+    if problem is not None:
+        raise TrainingStopped(f"Cannot resume from {resume_dir}: {problem}. Resume from an earlier checkpoint, or "
+                              f"--resume_from_checkpoint latest to take the newest complete one.")  # fmt: skip
     return resume_dir
+
+
+class FailedElsewhere(TrainingStopped):
+    """This process stops because another one failed; that one prints the error (``cli.run`` prints nothing)."""
+
+    quiet = True
+
+
+@contextlib.contextmanager
+def main_reports(accelerator: Accelerator) -> Iterator[None]:
+    """For a check that every process makes alike: only the main process reports its refusal; the others stop
+    quietly, so the message appears once."""
+    try:
+        yield
+    except TrainingStopped:
+        if accelerator.is_main_process:
+            raise
+        raise FailedElsewhere("the main process refused to go on (see its error)") from None
+
+
+def main_process_first(accelerator: Accelerator, step: Callable[[], None]) -> None:
+    """``accelerator.main_process_first()`` that fails together: when the main process fails (a missing folder),
+    the others do not wait for it at a barrier, nor try again; every process stops, and only the one that failed
+    prints its error (under ``accelerate launch``, no other process adds a traceback)."""
+
+    def attempt() -> BaseException | None:
+        try:
+            step()
+        except Exception as error:
+            return error
+        return None
+
+    error = attempt() if accelerator.is_main_process else None
+    (main_failed,) = agreed_across_processes(accelerator, [error is not None])  # also the barrier
+    if not main_failed and not accelerator.is_main_process:
+        error = attempt()
+    (any_failed,) = agreed_across_processes(accelerator, [error is not None])
+    if error is not None:
+        raise error
+    if any_failed:
+        raise FailedElsewhere("another process failed (see its error)")
 
 
 def build_data(run: Run) -> None:
     """Training and validation data, built on the main process first (so LMDB conversion caches are written once);
     the training sampler starts at the resumed batch."""
     data_config, train_config, accelerator = run.data_config, run.train_config, run.accelerator
-    with accelerator.main_process_first():
+
+    def build() -> None:
         run.train_data = build_train_data(
             data_config.train_data, run.model_config, select_data=data_config.select_data,
             batch_ratio=data_config.batch_ratio, total_data_usage_ratio=data_config.total_data_usage_ratio,
@@ -560,6 +831,8 @@ def build_data(run: Run) -> None:
         )  # fmt: skip
         run.valid_data = build_eval_data(data_config.valid_data, run.model_config,
                                          data_filtering_off=data_config.data_filtering_off)  # fmt: skip
+
+    main_process_first(accelerator, build)
     loader = DataLoader(run.train_data.dataset, batch_sampler=run.train_data.sampler,
                         collate_fn=run.train_data.collator, num_workers=data_config.workers,
                         pin_memory=accelerator.device.type == "cuda",
@@ -588,11 +861,19 @@ def label_audit(run: Run) -> str:
 def write_run_files(run: Run) -> None:
     """``run_config.json``, DTRB's ``opt.txt`` and ``log_dataset.txt``, the opening summary and the trackers."""
     accelerator, model_config = run.accelerator, run.model_config
+    configs = run_configs(run)
+    if run.resume_dir is not None:
+        with main_reports(accelerator):
+            check_resumed_config(run, configs)  # every process: all refuse alike
     if not run.main:
         accelerator.init_trackers(run.exp_name)
         return
-    configs = {"model": asdict(model_config), "data": asdict(run.data_config), "train": asdict(run.train_config)}
-    (run.run_dir / "run_config.json").write_text(json.dumps(configs, indent=2, sort_keys=True) + "\n")
+    text = json.dumps(configs, indent=2, sort_keys=True) + "\n"
+    config_file = run.run_dir / "run_config.json"
+    if run.resume_dir is None or not config_file.exists():
+        config_file.write_text(text)
+    elif config_file.read_text() != text:  # the old one is kept: the new one goes beside it
+        config_file.with_name(f"run_config.resume-{run.state.iteration}.json").write_text(text)
     options = {**configs["model"], **configs["data"], **configs["train"], "exp_name": run.exp_name,
                "num_class": model_config.num_class, "num_processes": accelerator.num_processes,
                "mixed_precision": accelerator.mixed_precision, "total_batch_size": run.total_batch_size}  # fmt: skip
@@ -616,33 +897,170 @@ def write_run_files(run: Run) -> None:
                                                     if isinstance(v, (int, float, str, bool))})  # fmt: skip
 
 
-def optimizer_step(run: Run) -> None:
-    """One optimizer step: ``gradient_accumulation_steps`` batches forward and backward, clipping, the update."""
+def agreed_across_processes(accelerator: Accelerator, flags: list[bool]) -> list[bool]:
+    """Each flag true when it is true on any process (one all-reduce), so that every process decides alike."""
+    if accelerator.num_processes == 1:
+        return flags
+    tensor = torch.tensor([float(flag) for flag in flags], device=accelerator.device)
+    return [bool(value > 0) for value in accelerator.reduce(tensor, reduction="sum").tolist()]
+
+
+#: What a resumed run must share with its checkpoint's: what changes the data stream or the model.
+RESUME_KEYS = {
+    "train": ("batch_size", "seed", "gradient_accumulation_steps"),
+    "data": ("train_data", "select_data", "batch_ratio", "total_data_usage_ratio", "data_filtering_off"),
+}
+
+
+def run_configs(run: Run) -> dict[str, Any]:
+    """What ``run_config.json`` records: the three configs, the number of processes and a fingerprint of the
+    training data (its sources, their filtered sizes and the mixed length)."""
+    data = f"{run.train_data.log}|{len(run.train_data.dataset)}"
+    return {"model": asdict(run.model_config), "data": asdict(run.data_config), "train": asdict(run.train_config),
+            "num_processes": run.accelerator.num_processes,
+            "data_fingerprint": hashlib.sha256(data.encode()).hexdigest()[:16]}  # fmt: skip
+
+
+def config_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(name, checkpoint's value, this run's value)`` of each resume-relevant setting that differs."""
+    differ = []
+    pairs = [(f"{group}.{key}", saved.get(group, {}).get(key), now[group].get(key))
+             for group, keys in RESUME_KEYS.items() for key in keys]  # fmt: skip
+    pairs += [(f"model.{key}", saved.get("model", {}).get(key), value) for key, value in now["model"].items()]
+    pairs += [(key, saved.get(key), now[key]) for key in ("num_processes", "data_fingerprint") if key in saved]
+    for name, old, new in pairs:
+        if old != new:
+            differ.append((name, old, new))
+    return differ
+
+
+def check_resumed_config(run: Run, configs: dict[str, Any]) -> None:
+    """Resume refuses a changed batch size, data, seed, model or data content (listed in a table) unless
+    ``--allow_config_change``, which logs the table instead. Compared with the checkpoint's own ``run_config.json``
+    (the run folder's for checkpoints written before checkpoints held one)."""
+    source = run.resume_dir / "run_config.json"
+    if not source.is_file():
+        source = run.run_dir / "run_config.json"
+    if not source.is_file():
+        return
+    try:
+        saved = json.loads(source.read_text())
+    except ValueError:
+        raise TrainingStopped(f"{source} is not valid JSON: cannot check what the resumed run was.") from None
+    differ = config_differences(saved, configs)
+    if not differ:
+        return
+    width = max(len(name) for name, _, _ in differ)
+    table = "\n".join(f"  {name:{width}s}  checkpoint: {old!r}  now: {new!r}" for name, old, new in differ)
+    if run.train_config.allow_config_change:
+        logger.warning("--allow_config_change: resuming from %s with a changed configuration:\n%s",
+                       run.resume_dir, table)  # fmt: skip
+        return
+    raise TrainingStopped(
+        f"Cannot resume from {run.resume_dir}: the configuration differs from the checkpoint's ({source}):\n{table}\n"
+        f"Give the checkpoint's values, or --allow_config_change to resume anyway (the batches will not continue as "
+        f"the checkpointed run's)."
+    )
+
+
+def optimizer_step(run: Run) -> str:
+    """One optimizer step: ``gradient_accumulation_steps`` batches forward and backward, clipping, the update.
+    Returns ``"updated"``, ``"empty"`` (no batch had a decodable image) or ``"nonfinite"`` (not applied).
+
+    Collective-safe: the step's batches are fetched first, and a batch whose images were all corrupt on any process
+    is skipped on every process (one all-reduce of a flag per batch), so DDP's collectives stay in step. The last
+    batch kept is the one whose backward synchronises the gradients, and the losses are averaged over the batches
+    kept, so the accumulation count stays right. A step whose loss or gradient norm is not finite (on any process)
+    is not applied: the gradients are dropped and the weights stay as they were.
+    """
     accelerator, model, config = run.accelerator, run.model, run.model_config
     tokenizer = run.unwrapped.tokenizer
     for module in run.frozen:  # validation put the model back in train mode
         module.eval()
-    for _ in range(run.train_config.gradient_accumulation_steps):
-        batch = next(run.batches)
+    accumulation = run.train_config.gradient_accumulation_steps
+    batches = [next(run.batches) for _ in range(accumulation)]
+    for batch in batches:
         run.skips.update(batch["skipped"])
-        if not batch["labels"]:
-            continue
+    empty = agreed_across_processes(accelerator, [not batch["labels"] for batch in batches])
+    kept = [batch for batch, skip in zip(batches, empty) if not skip]
+    run.state.empty_batches += len(batches) - len(kept)
+    if not kept:
+        skip_schedule_step(run)
+        return "empty"
+    losses = []
+    for number, batch in enumerate(kept):
         images = batch["pixel_values"].to(accelerator.device, non_blocking=True)
         targets, lengths = tokenizer.encode(batch["labels"], config.batch_max_length)
         targets = targets.to(accelerator.device)
-        with accelerator.accumulate(model):
+        last = number == len(kept) - 1
+        with contextlib.nullcontext() if last else accelerator.no_sync(model):
             with accelerator.autocast():
                 logits = model(images, targets if config.prediction == "Attn" else None)
             loss = run.unwrapped.loss(logits, targets, lengths, **run.loss_kwargs)
-            accelerator.backward(loss)
-            if accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(model.parameters(), run.train_config.grad_clip)
-            run.optimizer.step()
-            run.optimizer.zero_grad(set_to_none=True)
-        run.meter.add(float(loss.detach()), len(batch["labels"]))
+            accelerator.backward(loss * (accumulation / len(kept)))  # backward divides by `accumulation`
+        losses.append((float(loss.detach()), len(batch["labels"])))
+    grad_norm = accelerator.clip_grad_norm_(model.parameters(), run.train_config.grad_clip)
+    finite_loss = all(math.isfinite(value) for value, _ in losses)
+    # fp16's scaler skips overflowing steps itself (and lowers its scale): only a non-finite loss counts there
+    finite = finite_loss and (accelerator.scaler is not None or grad_norm is None or math.isfinite(float(grad_norm)))
+    (nonfinite,) = agreed_across_processes(accelerator, [not finite])
+    if nonfinite:
+        run.optimizer.zero_grad(set_to_none=True)
+        skip_schedule_step(run)
+        return "nonfinite"
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    for value, count in losses:
+        run.meter.add(value, count)
     run.scheduler.step()
     if run.ema is not None:
         run.ema.update(run.unwrapped)
+    return "updated"
+
+
+def skip_schedule_step(run: Run) -> None:
+    """A skipped step still advances the schedule (it follows the iteration count); torch's warning about a
+    scheduler stepped without its optimizer does not apply to a ``LambdaLR`` of the step number."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+        run.scheduler.step()
+
+
+def count_skipped_step(run: Run, outcome: str) -> None:
+    """Count a skipped step; stop with a message after ``max_skipped_steps`` in a row."""
+    state, limit = run.state, run.train_config.max_skipped_steps
+    if outcome == "updated":
+        state.skipped_in_a_row = 0
+        return
+    state.skipped_in_a_row += 1
+    if outcome == "nonfinite":
+        state.nonfinite_steps += 1
+        if state.skipped_in_a_row == 1:
+            logger.warning("Iteration %d: non-finite loss or gradient, the step is skipped (the weights are kept).",
+                           state.iteration)  # fmt: skip
+    if state.skipped_in_a_row < limit:
+        return
+    if outcome == "empty":
+        corrupt = ", ".join(f"{source}: {n:,}" for source, n in sorted(run.skips.counts.items())) or "none counted"
+        raise TrainingStopped(
+            f"No decodable training image in the last {limit} optimizer steps (up to iteration {state.iteration}; "
+            f"corrupt images skipped: {corrupt}): check --train_data, whose images cannot be read."
+        )
+    raise TrainingStopped(
+        f"Training diverged: the last {limit} optimizer steps (up to iteration {state.iteration}) had a non-finite "
+        f"loss or gradient and were skipped ({state.nonfinite_steps} in all). Lower --lr ({run.train_config.lr}) or "
+        f"--grad_clip, or check the data; the best model so far is in {run.run_dir / 'best_accuracy'}."
+    )
+
+
+def is_checkpoint_step(state: TrainState, train_config: TrainConfig, validated: bool) -> bool:
+    """A resumable checkpoint every ``checkpointing_steps`` steps when given, else at every validation; and at the
+    end of the run either way."""
+    if state.iteration >= train_config.num_iter or state.stopped_early:
+        return True
+    if train_config.checkpointing_steps:
+        return state.iteration % train_config.checkpointing_steps == 0
+    return validated
 
 
 def log_step(run: Run, bar: Any) -> None:
@@ -672,8 +1090,11 @@ def validate_and_save_bests(run: Run, bar: Any, elapsed: float) -> None:
     )  # fmt: skip
     run.last_valid = valid
     improved_accuracy, improved_ned = valid.accuracy > state.best_accuracy, valid.norm_ED > state.best_norm_ED
-    state.best_accuracy = max(state.best_accuracy, valid.accuracy)
-    state.best_norm_ED = max(state.best_norm_ED, valid.norm_ED)
+    if (improved_accuracy or improved_ned) and not weights_are_finite(run.evaluated):
+        logger.warning("Iteration %d: the weights are not finite; no best model is saved.", state.iteration)
+        improved_accuracy = improved_ned = False  # nor counted as a best: a finite model may match it later
+    state.best_accuracy = valid.accuracy if improved_accuracy else state.best_accuracy
+    state.best_norm_ED = valid.norm_ED if improved_ned else state.best_norm_ED
     state.validations_without_gain = 0 if improved_accuracy else state.validations_without_gain + 1
     patience = train_config.early_stopping_patience
     if patience is not None and state.validations_without_gain >= patience:
@@ -691,6 +1112,8 @@ def validate_and_save_bests(run: Run, bar: Any, elapsed: float) -> None:
         with open(run.run_dir / VALIDATION_HISTORY, "a", encoding="utf-8") as history:
             history.write(json.dumps(entry) + "\n")
         card = card_kwargs(run, valid)
+        if run.pusher is not None:
+            run.pusher.poll()
         if improved_accuracy:
             save_model_folder(run.evaluated, run.run_dir / "best_accuracy", card)
             if run.pusher is not None:
@@ -701,6 +1124,22 @@ def validate_and_save_bests(run: Run, bar: Any, elapsed: float) -> None:
     run.accelerator.log({"valid/loss": valid.loss, "valid/accuracy": valid.accuracy, "valid/norm_ED": valid.norm_ED,
                          "valid/mean_confidence": valid.mean_confidence}, step=state.iteration)  # fmt: skip
     run.meter.loss_sum, run.meter.loss_count = 0.0, 0
+
+
+def weights_are_finite(model: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(tensor).all()) for tensor in model.state_dict().values()
+               if tensor.is_floating_point())  # fmt: skip
+
+
+def finite_or_none(value: Any) -> Any:
+    """JSON has no NaN or Infinity: a non-finite number is written as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [finite_or_none(item) for item in value]
+    return value
 
 
 def validation_protocol(run: Run) -> Protocol:
@@ -727,9 +1166,11 @@ def card_kwargs(run: Run, valid: Validation) -> dict[str, Any]:
 
 
 def save_checkpoint(run: Run) -> None:
-    """A resumable checkpoint (model, optimizer, RNG, sampler position, bests), written atomically."""
+    """A resumable checkpoint (model, optimizer, RNG, sampler position, bests, the run's configuration), written
+    atomically."""
     run.state.skipped = dict(run.skips.counts)
-    _save_checkpoint(run.accelerator, run.checkpoints_dir, run.state, run.train_config.checkpoints_total_limit)
+    _save_checkpoint(run.accelerator, run.checkpoints_dir, run.state, run.train_config.checkpoints_total_limit,
+                     run_config=run_configs(run))  # fmt: skip
 
 
 def finish(run: Run, runtime: float) -> dict[str, Any]:
@@ -750,6 +1191,8 @@ def finish(run: Run, runtime: float) -> dict[str, Any]:
         "train_images_per_second": run.meter.rate(run.accelerator.num_processes),  # validation, checkpoints excluded
         "num_parameters": run.unwrapped.num_parameters,
         "corrupt_images_skipped": dict(run.skips.counts),
+        "nonfinite_steps_skipped": state.nonfinite_steps,
+        "empty_batches_skipped": state.empty_batches,
     }
     if run.main:
         results["calibration"] = calibrate_bests(run)
@@ -758,7 +1201,10 @@ def finish(run: Run, runtime: float) -> dict[str, Any]:
             results["validation_curves"] = curves
         if run.pusher is not None:
             results["push_errors"] = run.pusher.wait()
-        (run.run_dir / "all_results.json").write_text(json.dumps(results, indent=2) + "\n")
+            results["pushes"] = {"pushed": len(run.pusher.pushed), "failed": len(results["push_errors"]),
+                                 "skipped_stale": run.pusher.skipped_stale}  # fmt: skip
+        results = finite_or_none(results)
+        (run.run_dir / "all_results.json").write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
         run.accelerator.print(f"end the training: best accuracy {state.best_accuracy:.3f}, best norm_ED "
                               f"{state.best_norm_ED:.4f}; results in {run.run_dir}")  # fmt: skip
     run.accelerator.end_training()
@@ -831,17 +1277,36 @@ def plot_validation_curves(run: Run) -> str | None:
 # ---- checkpoints ---------------------------------------------------------------------------------------------------
 
 
-def _save_checkpoint(accelerator: Accelerator, checkpoints_dir: Path, state: TrainState, limit: int | None) -> None:
-    """``save_state`` into a temporary folder, then rename: resume never sees a half-written checkpoint."""
+def _save_checkpoint(
+    accelerator: Accelerator, checkpoints_dir: Path, state: TrainState, limit: int | None,
+    run_config: dict[str, Any] | None = None,
+) -> None:  # fmt: skip
+    """``save_state`` into a temporary folder, then rename: resume never sees a half-written checkpoint. The folder's
+    ``manifest.json`` records each file's size, so that a file truncated later is told. A failed write (a full disk)
+    removes the temporary folder and says so."""
     target = checkpoints_dir / f"{CHECKPOINT_PREFIX}{state.iteration}"
     tmp = checkpoints_dir / f".tmp-{CHECKPOINT_PREFIX}{state.iteration}"
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            (tmp / "train_state.json").write_text(json.dumps(finite_or_none(state.state_dict()), indent=2) + "\n")
+            if run_config is not None:
+                (tmp / "run_config.json").write_text(json.dumps(run_config, indent=2, sort_keys=True) + "\n")
+            sizes = {str(f.relative_to(tmp)): f.stat().st_size for f in sorted(tmp.rglob("*")) if f.is_file()}
+            (tmp / MANIFEST).write_text(json.dumps(sizes, indent=2) + "\n")
+    except (OSError, RuntimeError) as error:  # torch reports a full disk as RuntimeError("... unexpected pos ...")
+        shutil.rmtree(tmp, ignore_errors=True)
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        full = getattr(error, "errno", None) == errno.ENOSPC or "unexpected pos" in reason
+        hint = "the disk is full: free space" if full else "check that the folder is writable and has space"
+        raise OSError(getattr(error, "errno", None) or errno.EIO,
+                      f"Cannot write the checkpoint {target} ({reason}); {hint}, then resume with "
+                      f"--resume_from_checkpoint latest. The temporary folder was removed.") from None  # fmt: skip
     if accelerator.is_main_process:
-        (tmp / "train_state.json").write_text(json.dumps(state.state_dict(), indent=2) + "\n")
         if target.exists():
             shutil.rmtree(target)
         tmp.rename(target)

@@ -6,6 +6,7 @@ antialiases when downscaling, unlike torch or OpenCV), ``ToTensor`` scaling to [
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from collections.abc import Sequence
@@ -18,7 +19,7 @@ from PIL import Image
 if TYPE_CHECKING:
     from .config import ModelConfig
 
-ImageInput = Union[Image.Image, str, os.PathLike, np.ndarray, torch.Tensor]
+ImageInput = Union[Image.Image, str, os.PathLike, bytes, np.ndarray, torch.Tensor]
 
 BICUBIC = Image.Resampling.BICUBIC
 
@@ -91,10 +92,21 @@ def align_image(image: Image.Image, img_h: int, img_w: int, pad: bool, channels:
 
 
 def load_image(image: ImageInput, input_channel: int) -> Image.Image:
-    """A PIL image in mode ``"L"`` (1 channel) or ``"RGB"`` (3) from a PIL image, a path, a uint8 array [H, W] or
-    [H, W, C], or a uint8/float tensor [C, H, W] / [H, W] (floats in [0, 1])."""
+    """A PIL image in mode ``"L"`` (1 channel) or ``"RGB"`` (3) from a PIL image, a path, encoded image bytes (PNG,
+    JPEG ...), an array [H, W] or [H, W, C], or a tensor [C, H, W] / [H, W]: uint8, uint16 (scaled to 8 bits),
+    integers in [0, 255], or floats in [0, 1]; anything else is refused, never clipped.
+
+    Raises:
+        ValueError: an image without pixels (0 x N), values out of range, undecodable bytes or files.
+    """
     mode = "RGB" if input_channel == 3 else "L"
-    if isinstance(image, Image.Image):
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        try:
+            with Image.open(io.BytesIO(bytes(image))) as opened:
+                pil = opened.convert(mode)
+        except (OSError, Image.DecompressionBombError) as error:
+            raise ValueError(f"Cannot decode {len(image)} bytes as an image (PNG, JPEG ...): {error}") from None
+    elif isinstance(image, Image.Image):
         pil = image
     elif isinstance(image, (str, os.PathLike)):
         try:
@@ -102,12 +114,15 @@ def load_image(image: ImageInput, input_channel: int) -> Image.Image:
                 pil = opened.convert(mode)
         except FileNotFoundError:
             raise FileNotFoundError(f"Image file not found: {os.fspath(image)!r}") from None
-        except OSError as error:
+        except (OSError, Image.DecompressionBombError) as error:
             raise ValueError(f"Cannot decode image {os.fspath(image)!r}: {error}") from None
     elif isinstance(image, (np.ndarray, torch.Tensor)):
         pil = _array_to_pil(image)
     else:
-        raise TypeError(f"Expected a PIL image, a path, a numpy array or a tensor, got {type(image).__name__}.")
+        raise TypeError(f"Expected a PIL image, a path, image bytes, a numpy array or a tensor, got "
+                        f"{type(image).__name__}.")  # fmt: skip
+    if 0 in pil.size:
+        raise ValueError(f"The image has no pixels (width x height {pil.size[0]} x {pil.size[1]}).")
     return pil if pil.mode == mode else pil.convert(mode)
 
 
@@ -123,11 +138,33 @@ def _array_to_pil(image: np.ndarray | torch.Tensor) -> Image.Image:
         array = array[:, :, 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
         raise ValueError(f"Expected an image array of shape [H, W], [H, W, 3|4] or [C, H, W], got {array.shape}.")
-    if array.dtype != np.uint8:
-        if np.issubdtype(array.dtype, np.floating):
-            array = np.clip(np.round(array * 255.0), 0, 255)
-        array = array.astype(np.uint8)
-    return Image.fromarray(array)
+    if 0 in array.shape:
+        raise ValueError(f"The image array has no pixels (shape {tuple(array.shape)}).")
+    return Image.fromarray(_to_uint8(array))
+
+
+def _to_uint8(array: np.ndarray) -> np.ndarray:
+    """8-bit pixels: uint16 scaled (65535 -> 255), floats in [0, 1] and integers in [0, 255] as they are; values
+    out of range are an error (never clipped in silence)."""
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8) * 255
+    if array.dtype == np.uint16:
+        return np.round(array / 257.0).astype(np.uint8)
+    if np.issubdtype(array.dtype, np.floating):
+        low, high = float(np.min(array)), float(np.max(array))
+        if not (np.isfinite(low) and np.isfinite(high)) or low < 0 or high > 1:
+            raise ValueError(f"A float image must hold values in [0, 1], got values in [{low:g}, {high:g}] "
+                             f"({array.dtype}): divide 0-255 pixels by 255, or pass a uint8 array.")  # fmt: skip
+        return np.round(array * 255.0).astype(np.uint8)
+    if np.issubdtype(array.dtype, np.integer):
+        low, high = int(np.min(array)), int(np.max(array))
+        if low < 0 or high > 255:
+            raise ValueError(f"An integer image must hold values in [0, 255], got [{low}, {high}] ({array.dtype}): "
+                             f"scale it to 8 bits, or pass uint16 (scaled as 16-bit pixels).")  # fmt: skip
+        return array.astype(np.uint8)
+    raise ValueError(f"Unsupported image dtype {array.dtype}: pass uint8, uint16, integers or floats in [0, 1].")
 
 
 def preprocess(images: Sequence[ImageInput], config: ModelConfig) -> torch.Tensor:
