@@ -18,7 +18,13 @@ from pathlib import Path
 
 import torch
 
-from text_recognition.cli import add_model_arguments, check_model_flags, model_config_from_args, run
+from text_recognition.cli import (
+    add_model_arguments,
+    add_speed_arguments,
+    check_model_flags,
+    model_config_from_args,
+    run,
+)
 from text_recognition.inference import find_images, recognize_files
 from text_recognition.model import load_model
 
@@ -33,6 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=4, help="image-decoding worker processes (default 4)")
     parser.add_argument("--output", help="also write the results to FILE.tsv (path, text, confidence) or FILE.json")
     add_model_arguments(parser)
+    add_speed_arguments(parser)
     args = parser.parse_args(argv)
 
     config = model_config_from_args(args, require_stages=False)
@@ -51,7 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with open(LOG_FILE, "a", encoding="utf-8") as log:
         print(f"{dashed_line}\n{head}\n{dashed_line}")
         log.write(f"{dashed_line}\n{head}\n{dashed_line}\n")
-        for result in recognize_files(model, paths, args.batch_size, args.workers):
+        for result in recognize_files(model, paths, args.batch_size, args.workers,
+                                      precision=args.precision, compile=args.compile):
             if result.error:
                 failures += 1
                 print(f"skipped {result.path}: {result.error}", file=sys.stderr)

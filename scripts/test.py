@@ -25,7 +25,13 @@ from pathlib import Path
 
 import torch
 
-from text_recognition.cli import add_model_arguments, check_model_flags, model_config_from_args, run
+from text_recognition.cli import (
+    add_model_arguments,
+    add_speed_arguments,
+    check_model_flags,
+    model_config_from_args,
+    run,
+)
 from text_recognition.evaluation import (
     BENCHMARK_DATASETS,
     EvaluationReport,
@@ -58,6 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="add the results to the model card of REPO (default: the --saved_model Hub id); a "
                              "local --saved_model folder's card is updated too")  # fmt: skip
     add_model_arguments(parser)
+    add_speed_arguments(parser)
     args = parser.parse_args(argv)
 
     protocol = Protocol(args.protocol, args.sensitive, args.data_filtering_off)
@@ -72,7 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = [*BENCHMARK_DATASETS, *args.datasets] if args.benchmark_all_eval else (args.datasets or None)
     report = evaluate(model, args.eval_data, names=names, batch_size=args.batch_size, num_workers=args.workers,
                       protocol=protocol, timing_samples=args.timing_samples,
-                      model_name=str(args.saved_model))  # fmt: skip
+                      model_name=str(args.saved_model), precision=args.precision,
+                      compile=args.compile)  # fmt: skip
     result_dir = write_outputs(report, Path(args.result_dir) / dtrb_exp_name(str(args.saved_model)),
                                args.benchmark_all_eval)  # fmt: skip
     print(f"{args.saved_model}: {model.config.stage_string}\n{report.table()}\nlogs and failure cases: {result_dir}")

@@ -20,6 +20,8 @@ from torch.utils.data import DataLoader
 from .data.collate import SkipTracker, TextCollator
 from .data.loaders import TextData, filtered_sources
 from .data.mixing import MixedSources
+from .fastpath import autocast as precision_autocast
+from .fastpath import check_precision, compile_encoder
 from .metrics import Protocol, RecognitionMetrics
 from .model import TextRecognitionModel
 
@@ -87,12 +89,15 @@ def predict_records(
     skips: SkipTracker | None = None,
     loss_kwargs: dict[str, Any] | None = None,
     warmup: bool = False,
+    persistent: bool = False,
+    timings: dict[str, float] | None = None,
 ) -> tuple[list[Record], list[float], float]:
     """Greedy predictions for ``indices`` of ``data``: one ``Record`` per decodable sample, the per-batch losses, and
-    the seconds spent in the model (device synchronised; with ``warmup``, the first batch runs once untimed)."""
+    the seconds spent in the model (device synchronised; with ``warmup``, the first batch runs once untimed, and its
+    seconds, compilation included, go to ``timings["warmup"]``). With ``persistent`` (training's validation) the
+    DataLoader and its worker processes are kept on ``data`` and reused by the next call with the same indices."""
     tokenizer, config = model.tokenizer, model.config
-    batches = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
-    loader = DataLoader(data.dataset, batch_sampler=batches, collate_fn=data.collator, num_workers=num_workers)
+    loader = _eval_loader(data, indices, batch_size, num_workers, persistent)
     was_training = model.training
     model.eval()
     records: list[Record] = []
@@ -106,8 +111,12 @@ def predict_records(
         images = batch["pixel_values"].to(device)
         targets, lengths = tokenizer.encode(batch["labels"], config.batch_max_length)
         if warmup:
+            warmup_start = time.perf_counter()
             with autocast() if autocast is not None else contextlib.nullcontext():
                 model(images)
+            _synchronize(device)
+            if timings is not None:
+                timings["warmup"] = timings.get("warmup", 0.0) + time.perf_counter() - warmup_start
             warmup = False
         _synchronize(device)
         start = time.perf_counter()
@@ -123,6 +132,22 @@ def predict_records(
             records.append(Record(label, text, confidence, source, index, stored))
     model.train(was_training)
     return records, losses, seconds
+
+
+def _eval_loader(
+    data: TextData, indices: list[int], batch_size: int, num_workers: int, persistent: bool
+) -> DataLoader:
+    """The DataLoader over ``indices`` in batches of ``batch_size``; with ``persistent`` and workers, built once per
+    (indices, batch size, workers) and kept on ``data`` with its workers alive (no start-up at every validation)."""
+    batches = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
+    if not (persistent and num_workers > 0):
+        return DataLoader(data.dataset, batch_sampler=batches, collate_fn=data.collator, num_workers=num_workers)
+    cache = data.__dict__.setdefault("_persistent_loaders", {})
+    key = (hash(tuple(indices)), len(indices), batch_size, num_workers)
+    if key not in cache:
+        cache[key] = DataLoader(data.dataset, batch_sampler=batches, collate_fn=data.collator,
+                                num_workers=num_workers, persistent_workers=True)  # fmt: skip
+    return cache[key]
 
 
 def _synchronize(device: torch.device) -> None:
@@ -154,6 +179,9 @@ class EvaluationReport:
     batch_size: int
     ms_per_image_batch1: float | None
     protocol: Protocol = field(default_factory=Protocol)
+    precision: str = "fp32"
+    compiled: bool = False
+    warmup_seconds: float = 0.0  # the untimed first batch of each dataset (torch.compile's compilation included)
 
     @property
     def total_accuracy(self) -> float:
@@ -195,6 +223,10 @@ class EvaluationReport:
         if self.ms_per_image_batch1 is not None:
             lines.append(f"Latency at batch 1: {self.ms_per_image_batch1:.3f} ms/image. ")
         lines.append(f"Parameters: {self.num_params:,} ({self.num_params / 1e6:.3f} M).")
+        if self.precision != "fp32" or self.compiled:
+            lines.append(f"Precision: {self.precision}" + (f"; encoder compiled (warm-up batches, compilation "
+                         f"included: {self.warmup_seconds:.1f} s, not in the timings above)." if self.compiled
+                         else "."))  # fmt: skip
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
@@ -220,6 +252,9 @@ class EvaluationReport:
             "num_params": self.num_params,
             "batch_size": self.batch_size,
             "ms_per_image_batch1": self.ms_per_image_batch1,
+            "precision": self.precision,
+            "compiled": self.compiled,
+            "warmup_seconds": self.warmup_seconds,
         }
 
     def card_results(self) -> list[dict[str, Any]]:
@@ -258,6 +293,8 @@ def evaluate(
     data_filtering_off: bool = False,
     timing_samples: int = 100,
     model_name: str | None = None,
+    precision: str = "fp32",
+    compile: bool = False,
 ) -> EvaluationReport:
     """Evaluate ``model`` on each dataset under ``eval_data`` (or those in ``names``).
 
@@ -268,6 +305,9 @@ def evaluate(
 
     ``ms_per_image`` is the model's forward time per image at ``batch_size`` after one warm-up batch, the device
     synchronised; ``ms_per_image_batch1`` the same one image at a time over ``timing_samples`` images (0: skip).
+    ``precision`` (``fp32``, ``bf16``, ``fp16``) runs the forward pass under that autocast (losses, CTC, the TPS grid
+    and decoding stay fp32); ``compile`` compiles the encoder first (``fastpath.compile_encoder``), its compilation
+    falling in the untimed warm-up batches (``warmup_seconds``).
 
     Raises:
         ValueError: an unknown protocol.
@@ -275,7 +315,12 @@ def evaluate(
     """
     if not isinstance(protocol, Protocol):
         protocol = Protocol(protocol, sensitive, data_filtering_off)
+    precision = check_precision(precision)
     device = next(model.parameters()).device
+    if compile:
+        compile_encoder(model)
+    autocast = (lambda: precision_autocast(device, precision)) if precision != "fp32" else None
+    timings: dict[str, float] = {}
     # DTRB's dataset rules for the evaluation flags: the model's charset and length, the flag's case mode.
     data_rules = dataclasses.replace(model.config, sensitive=protocol.sensitive)
     sources_by_name = {name: (filtered, kept) for name, filtered, _, kept in
@@ -286,7 +331,8 @@ def evaluate(
         sources = MixedSources([(name, filtered, len(filtered), kept)])
         data = TextData(sources, TextCollator(data_rules, protocol.data_filtering_off), log="")
         records, _, seconds = predict_records(model, data, list(range(len(filtered))), batch_size, device=device,
-                                              num_workers=num_workers, warmup=True)  # fmt: skip
+                                              num_workers=num_workers, warmup=True, autocast=autocast,
+                                              timings=timings)  # fmt: skip
         scores = score_records(records, protocol)
         failures = [r for r in records if not is_correct(r, protocol)]
         ms_per_image = 1000 * seconds / max(scores.num_samples, 1)
@@ -298,10 +344,11 @@ def evaluate(
     batch1 = None
     if timing_samples and timing_data is not None:
         count = min(timing_samples, len(timing_data.dataset))
-        _, _, seconds = predict_records(model, timing_data, list(range(count)), 1, device=device, warmup=True)
+        _, _, seconds = predict_records(model, timing_data, list(range(count)), 1, device=device, warmup=True,
+                                        autocast=autocast, timings=timings)  # fmt: skip
         batch1 = 1000 * seconds / count
     return EvaluationReport(model_name or model.config.stage_string, results, model.num_parameters, batch_size,
-                            batch1, protocol)  # fmt: skip
+                            batch1, protocol, precision, compile, timings.get("warmup", 0.0))  # fmt: skip
 
 
 def dtrb_exp_name(saved_model: str) -> str:

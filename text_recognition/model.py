@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from .config import ModelConfig
+from .fastpath import CHANNELS_LAST_BY_DEFAULT, compile_encoder, inference_settings, set_channels_last
 from .checkpoints import check_state_dict, read_dtrb_state_dict, verify_tps_buffers
 from .hub import build_card, is_repo_id, load_model_card_template
 from .registry import build_stage
@@ -106,6 +107,8 @@ class TextRecognitionModel(
             "sequence_modeling", config.sequence_modeling, config, self.FeatureExtraction.out_features
         )
         self.Prediction = build_stage("prediction", config.prediction, config, self.SequenceModeling.out_features)
+        # The convolutions run in channels_last where measured faster (fastpath); the weights' values are the same.
+        set_channels_last(self, config.feature_extraction in CHANNELS_LAST_BY_DEFAULT)
 
     def init_weights(self) -> None:
         """Re-initialise with DTRB's rules (``init_dtrb_weights``), as training does before it starts."""
@@ -136,8 +139,7 @@ class TextRecognitionModel(
         batches; the attention decoder's step loop stays eager. Returns the model. ``kwargs`` go to
         ``torch.compile``. (``nn.Module.compile``, which compiles ``forward`` in place, is left as torch defines it.)
         """
-        self.encode = torch.compile(self.encode, **kwargs)  # type: ignore[method-assign]
-        return self
+        return compile_encoder(self, **kwargs)
 
     @torch.no_grad()
     def resize_charset(self, character: str) -> CharsetChange:
@@ -181,14 +183,26 @@ class TextRecognitionModel(
         return change
 
     @torch.inference_mode()
-    def recognize(self, images: ImageInput | Sequence[ImageInput], batch_size: int = 64) -> list[Recognition]:
+    def recognize(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        batch_size: int = 64,
+        *,
+        precision: str = "fp32",
+        compile: bool = False,
+    ) -> list[Recognition]:
         """Read the text of word images.
 
         Args:
             images: one image or a sequence of PIL images, file paths, uint8 arrays [H, W] / [H, W, C] or tensors,
                 of any sizes (each is resized as the model was trained: stretched, or kept-ratio and padded).
             batch_size: images per forward pass (all images of a batch share one resize, so any sizes batch
-                together; call ``model.compile_encoder()`` first to compile the encoder).
+                together).
+            precision: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"``: the forward pass under that autocast (the
+                TPS grid and the decoding stay fp32). bf16 reads english_g2's real words within 0.3 points of fp32
+                (``BENCHMARKS.md``).
+            compile: ``torch.compile`` the encoder first (once; see ``compile_encoder``). The first batches pay the
+                compilation; it pays on repeated calls.
 
         Returns:
             One ``Recognition(text, confidence)`` per image, in order.
@@ -203,8 +217,11 @@ class TextRecognitionModel(
         device = next(self.parameters()).device
         results: list[Recognition] = []
         try:
-            for start in range(0, len(images), batch_size):
-                results += self.recognize_batch(preprocess(images[start : start + batch_size], self.config).to(device))
+            with inference_settings(self, precision, compile):
+                for start in range(0, len(images), batch_size):
+                    results += self.recognize_batch(
+                        preprocess(images[start : start + batch_size], self.config).to(device)
+                    )
         finally:
             self.train(was_training)
         return results

@@ -33,6 +33,7 @@ from .config import DataConfig, ModelConfig, TrainConfig, parse_select_data, par
 from .data.collate import SkipTracker
 from .data.loaders import TextData, build_eval_data, build_train_data
 from .evaluation import predict_records, score_records
+from .fastpath import compile_encoder
 from .metrics import Protocol
 from .model import TextRecognitionModel, load_model
 from .progress import progress
@@ -246,7 +247,7 @@ def evaluate_model(
     records, losses, _ = predict_records(
         accelerator.unwrap_model(model), data, list(range(start, min(start + share, total))), batch_size,
         device=accelerator.device, num_workers=num_workers, autocast=accelerator.autocast, skips=skips,
-        loss_kwargs={"baidu": True} if baidu_ctc else None,
+        loss_kwargs={"baidu": True} if baidu_ctc else None, persistent=True,
     )  # fmt: skip
     gathered_records = gather_object(records) if accelerator.num_processes > 1 else records
     gathered_losses = gather_object(losses) if accelerator.num_processes > 1 else losses
@@ -405,7 +406,7 @@ class Run:
 class Throughput:
     """The training loss since the last validation, and images per second of optimizer steps only."""
 
-    loss_sum: float = 0.0
+    loss_sum: float | torch.Tensor = 0.0  # a device tensor between reads: no host sync per step
     loss_count: int = 0
     images: int = 0  # since the start of this process's loop
     excluded: float = 0.0  # seconds of validation and checkpointing, left out of the throughput
@@ -415,7 +416,7 @@ class Throughput:
 
     @property
     def train_loss(self) -> float:
-        return self.loss_sum / max(self.loss_count, 1)
+        return float(self.loss_sum) / max(self.loss_count, 1)
 
     def add(self, loss: float, images: int) -> None:
         self.loss_sum += loss
@@ -481,12 +482,22 @@ def start_run(model_config: ModelConfig, data_config: DataConfig, train_config: 
         log_with=_report_to(train_config.report_to),
         project_dir=str(run_dir / "logs"),
     )
+    enable_cpu_fp16(accelerator)
     run = Run(model_config, data_config, train_config, accelerator, exp_name, run_dir)
     if run.main:
         run.checkpoints_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
     set_seed(train_config.seed)
     return run
+
+
+def enable_cpu_fp16(accelerator: Accelerator) -> None:
+    """``--mixed_precision fp16`` on the CPU: accelerate would run it as fp32 without a word; torch's CPU autocast
+    and ``GradScaler`` support fp16, so turn them on (before ``prepare``, which hands the scaler to the optimizer;
+    ``save_state``/``load_state`` then keep the scaler's state in every checkpoint, as on a GPU)."""
+    if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu" and accelerator.scaler is None:
+        accelerator.native_amp = True
+        accelerator.scaler = torch.amp.GradScaler("cpu")
 
 
 def build_model_and_optimizer(run: Run) -> None:
@@ -522,6 +533,8 @@ def build_model_and_optimizer(run: Run) -> None:
     if train_config.ema_decay is not None:
         run.ema = EMA(run.unwrapped, train_config.ema_decay)
         run.accelerator.register_for_checkpointing(run.ema)
+    if train_config.compile:  # after the EMA copy, which stays eager (it is only validated)
+        compile_encoder(run.unwrapped)
     if resume_dir is not None:
         run.accelerator.load_state(str(resume_dir))
         run.state.load_state_dict(json.loads((resume_dir / "train_state.json").read_text()))
@@ -621,7 +634,7 @@ def optimizer_step(run: Run) -> None:
                 accelerator.clip_grad_norm_(model.parameters(), run.train_config.grad_clip)
             run.optimizer.step()
             run.optimizer.zero_grad(set_to_none=True)
-        run.meter.add(float(loss.detach()), len(batch["labels"]))
+        run.meter.add(loss.detach().float(), len(batch["labels"]))
     run.scheduler.step()
     if run.ema is not None:
         run.ema.update(run.unwrapped)
@@ -631,9 +644,11 @@ def log_step(run: Run, bar: Any) -> None:
     """The progress line, and every ``log_interval`` steps the trackers' training loss, rate and learning rate."""
     iteration, meter = run.state.iteration, run.meter
     rate = meter.window_rate(run.accelerator.num_processes)
-    bar.set_postfix(loss=f"{meter.train_loss:.4f}", img_s=f"{rate:.0f}", refresh=False)
+    logged = iteration % run.train_config.log_interval == 0 or iteration == 1
+    if logged:  # reading the loss syncs the device: only when it is shown
+        bar.set_postfix(loss=f"{meter.train_loss:.4f}", img_s=f"{rate:.0f}", refresh=False)
     bar.update(1)
-    if iteration % run.train_config.log_interval == 0 or iteration == 1:
+    if logged:
         run.accelerator.log({"train/loss": meter.train_loss, "train/images_per_second": rate,
                              "train/lr": run.optimizer.param_groups[0]["lr"]}, step=iteration)  # fmt: skip
         meter.window_start, meter.window_images = time.perf_counter(), 0
