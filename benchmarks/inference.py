@@ -20,6 +20,7 @@ a DTRB test.py-style loop on the same LMDB, timed the same way after the LMDB ->
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
 import string
 import tempfile
@@ -35,6 +36,7 @@ from PIL import Image
 from text_recognition import ModelConfig, TextRecognitionModel
 from text_recognition.data import SyntheticWords
 from text_recognition.evaluation import evaluate
+from text_recognition.fastpath import set_channels_last
 
 
 def _load(name: str, filename: str):
@@ -52,6 +54,12 @@ def make_images(count: int, seed: int = 0) -> list[Image.Image]:
     rng = np.random.default_rng(seed)
     sizes = rng.integers([40, 20], [300, 80], size=(count, 2))
     return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in sizes]
+
+
+def dtrb_model(model: TextRecognitionModel) -> TextRecognitionModel:
+    """The same weights as DTRB runs them: a copy with the convolutions in the contiguous layout (ours are built
+    channels_last; the baseline must not get that speed-up)."""
+    return set_channels_last(copy.deepcopy(model), False)
 
 
 def dtrb_style_recognize(model: TextRecognitionModel, images: list[Image.Image], batch_size: int) -> list:
@@ -156,6 +164,8 @@ def main() -> None:
     parser.add_argument("--num_images_batch1", type=int, default=64, help="images per timed run at batch 1")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per side, interleaved with the other side")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"],
+                        help="recognize(precision=...) and evaluate(precision=...) sides; the baseline is fp32")
     parser.add_argument(
         "--eval_samples", type=int, default=2000, help="samples for the evaluation comparison (0: skip)"
     )
@@ -165,42 +175,46 @@ def main() -> None:
 
     start = timing.header(f"{args.repeats} timed runs per side, interleaved (ours, baseline, ...) after a warm-up")
     print(f"recognize vs DTRB demo.py style, images/s, median (min-max) of {args.repeats} runs per side:")
-    print("| model | batch | images per run | recognize median (range) | DTRB demo style median (range) "
-          "| ratio of medians |")  # fmt: skip
-    print("|---|---|---|---|---|---|", flush=True)
+    print("| model | batch | images per run | " + " | ".join(f"recognize {p} median (range)" for p in args.precisions)
+          + " | DTRB demo style fp32 median (range) | "
+          + " | ".join(f"{p} ratio of medians" for p in args.precisions) + " |")  # fmt: skip
+    print("|---|---|---|" + "---|" * (2 * len(args.precisions) + 1), flush=True)
     raw_lines = []
     for stage_string in args.models:
         torch.manual_seed(0)
         model = TextRecognitionModel(ModelConfig.from_stage_string(stage_string)).eval()
         model.init_weights()
+        baseline_model = dtrb_model(model)
         for batch_size in args.batch_sizes:
             images = make_images(args.num_images_batch1 if batch_size == 1 else args.num_images)
             warmup_images = images[: max(1, len(images) // 8)]
 
-            def ours(x, batch_size=batch_size, model=model):
-                return model.recognize(x, batch_size=batch_size)
+            def ours(x, precision, batch_size=batch_size, model=model):
+                return model.recognize(x, batch_size=batch_size, precision=precision)
 
-            def baseline(x, batch_size=batch_size, model=model):
+            def baseline(x, batch_size=batch_size, model=baseline_model):
                 return dtrb_style_recognize(model, x, batch_size)
 
-            rates = timing.interleaved(
-                {"recognize": partial(timed_rate, ours, images), "dtrb": partial(timed_rate, baseline, images)},
-                args.repeats,
-                warmups={"recognize": partial(ours, warmup_images), "dtrb": partial(baseline, warmup_images)},
-                label=f"{stage_string} batch {batch_size}",
-            )
+            sides = {p: partial(timed_rate, partial(ours, precision=p), images) for p in args.precisions}
+            sides["dtrb"] = partial(timed_rate, baseline, images)
+            warmups = {p: partial(ours, warmup_images, p) for p in args.precisions}
+            warmups["dtrb"] = partial(baseline, warmup_images)
+            rates = timing.interleaved(sides, args.repeats, warmups=warmups,
+                                       label=f"{stage_string} batch {batch_size}")
             raw_lines.append(timing.raw(f"{stage_string} batch {batch_size}", rates))
-            print(f"| {stage_string} | {batch_size} | {len(images)} | {timing.summary(rates['recognize'])} | "
-                  f"{timing.summary(rates['dtrb'])} | {timing.ratio(rates['recognize'], rates['dtrb'])} |",
+            print(f"| {stage_string} | {batch_size} | {len(images)} | "
+                  + " | ".join(timing.summary(rates[p]) for p in args.precisions)
+                  + f" | {timing.summary(rates['dtrb'])} | "
+                  + " | ".join(timing.ratio(rates[p], rates["dtrb"]) for p in args.precisions) + " |",
                   flush=True)  # fmt: skip
     if args.eval_samples:
-        raw_lines.append(evaluation_comparison(args.eval_samples, args.repeats))
+        raw_lines.append(evaluation_comparison(args.eval_samples, args.repeats, args.precisions))
     print("\nper-run rates (images/s), in run order:")
     print("\n".join(raw_lines))
     timing.footer(start)
 
 
-def evaluation_comparison(num_samples: int, repeats: int) -> str:
+def evaluation_comparison(num_samples: int, repeats: int, precisions: list[str] = ("fp32",)) -> str:
     """scripts/test.py's ``evaluate()`` against DTRB test.py's loop, CRNN, batch 192, same LMDB, in-process.
 
     The first ``evaluate()`` call converts the LMDB into the datasets cache; it and one baseline run are the
@@ -208,6 +222,7 @@ def evaluation_comparison(num_samples: int, repeats: int) -> str:
     torch.manual_seed(0)
     model = TextRecognitionModel(ModelConfig("None", "VGG", "BiLSTM", "CTC")).eval()
     model.init_weights()
+    baseline_model = dtrb_model(model)
     accuracies = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "eval" / "words"
@@ -218,28 +233,30 @@ def evaluation_comparison(num_samples: int, repeats: int) -> str:
         print(f"\nfirst evaluate() (LMDB -> datasets conversion + warm-up): {time.perf_counter() - start:.1f} s",
               flush=True)  # fmt: skip
 
-        def ours() -> float:
+        def ours(precision: str) -> float:
             start = time.perf_counter()
-            report = evaluate(model, root.parent, batch_size=192, timing_samples=0)
+            report = evaluate(model, root.parent, batch_size=192, timing_samples=0, precision=precision)
             rate = num_samples / (time.perf_counter() - start)
-            accuracies["ours"] = report.total_accuracy
+            accuracies[f"ours {precision}"] = report.total_accuracy
             return rate
 
         def baseline() -> float:
             start = time.perf_counter()
-            accuracies["dtrb"] = dtrb_style_evaluate(model, str(root), 192)
+            accuracies["dtrb"] = dtrb_style_evaluate(baseline_model, str(root), 192)
             return num_samples / (time.perf_counter() - start)
 
-        rates = timing.interleaved({"test.py": ours, "dtrb": baseline}, repeats,
-                                   warmups={"test.py": lambda: None}, label="evaluation")  # fmt: skip
+        sides = {f"test.py {p}": partial(ours, p) for p in precisions}
+        sides["dtrb"] = baseline
+        rates = timing.interleaved(sides, repeats, warmups={f"test.py {p}": partial(ours, p) for p in precisions},
+                                   label="evaluation")  # fmt: skip
     print(f"\nevaluation, None-VGG-BiLSTM-CTC (untrained), batch 192, {num_samples} JPEG words, 0 workers, "
           f"images/s, median (min-max) of {repeats} runs per side:")  # fmt: skip
-    print("| scripts/test.py evaluate() median (range) | DTRB test.py style median (range) | ratio of medians |")
+    print("| side | median (range) | ratio of medians to DTRB test.py style (fp32) |")
     print("|---|---|---|")
-    print(f"| {timing.summary(rates['test.py'])} | {timing.summary(rates['dtrb'])} | "
-          f"{timing.ratio(rates['test.py'], rates['dtrb'])} |")  # fmt: skip
-    print(f"accuracy (same model, same words): evaluate() {accuracies['ours']:.2f} %, "
-          f"DTRB style {accuracies['dtrb']:.2f} %", flush=True)  # fmt: skip
+    for name in sides:
+        print(f"| {name} | {timing.summary(rates[name])} | {timing.ratio(rates[name], rates['dtrb'])} |")
+    print("accuracy (same model, same words): " + ", ".join(f"{k} {v:.2f} %" for k, v in accuracies.items()),
+          flush=True)  # fmt: skip
     return timing.raw("evaluation", rates)
 
 

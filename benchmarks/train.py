@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader
 
 from text_recognition import ModelConfig, TextRecognitionModel
 from text_recognition.data import SyntheticWords
+from text_recognition.fastpath import set_channels_last
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,6 +69,7 @@ def dtrb_style_train(root: Path, stages: str, batch_size: int, iterations: int, 
     config = ModelConfig.from_stage_string(stages)
     model = TextRecognitionModel(config)
     model.init_weights()
+    set_channels_last(model, False)  # DTRB's layout: ours are built channels_last, the baseline must not be
     model = torch.nn.DataParallel(model).train()
     tokenizer = model.module.tokenizer
     optimizer = torch.optim.Adadelta([p for p in model.parameters() if p.requires_grad], lr=1.0, rho=0.95, eps=1e-8)

@@ -21,6 +21,7 @@ import torch
 from text_recognition.cli import (
     add_decoding_arguments,
     add_model_arguments,
+    add_speed_arguments,
     check_model_flags,
     decoding_options_from_args,
     model_config_from_args,
@@ -41,6 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", help="also write the results to FILE.tsv (path, text, confidence) or FILE.json")
     add_model_arguments(parser)
     add_decoding_arguments(parser)
+    add_speed_arguments(parser)
     args = parser.parse_args(argv)
 
     config = model_config_from_args(args, require_stages=False)
@@ -61,7 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with open(LOG_FILE, "a", encoding="utf-8") as log:
         print(f"{dashed_line}\n{head}\n{dashed_line}")
         log.write(f"{dashed_line}\n{head}\n{dashed_line}\n")
-        for result in recognize_files(model, paths, args.batch_size, args.workers, decoding):
+        for result in recognize_files(model, paths, args.batch_size, args.workers, decoding,
+                                      precision=args.precision, compile=args.compile):
             if result.error:
                 failures += 1
                 print(f"skipped {result.path}: {result.error}", file=sys.stderr)

@@ -31,6 +31,7 @@ import torch
 from text_recognition.cli import (
     add_decoding_arguments,
     add_model_arguments,
+    add_speed_arguments,
     check_model_flags,
     decoding_options_from_args,
     model_config_from_args,
@@ -72,6 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "accuracy by label length, most frequent confusions (needs text_recognition[plots])")
     add_model_arguments(parser)
     add_decoding_arguments(parser)
+    add_speed_arguments(parser)
     args = parser.parse_args(argv)
     if args.plots:
         from text_recognition.plots import require_matplotlib
@@ -92,7 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = [*BENCHMARK_DATASETS, *args.datasets] if args.benchmark_all_eval else (args.datasets or None)
     report = evaluate(model, args.eval_data, names=names, batch_size=args.batch_size, num_workers=args.workers,
                       protocol=protocol, timing_samples=args.timing_samples,
-                      model_name=str(args.saved_model), decoding=decoding)  # fmt: skip
+                      model_name=str(args.saved_model), decoding=decoding, precision=args.precision,
+                      compile=args.compile)  # fmt: skip
     result_dir = write_outputs(report, Path(args.result_dir) / dtrb_exp_name(str(args.saved_model)),
                                args.benchmark_all_eval)  # fmt: skip
     print(f"{args.saved_model}: {model.config.stage_string}\n{report.table()}\nlogs and failure cases: {result_dir}")

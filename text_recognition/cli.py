@@ -17,6 +17,7 @@ import yaml
 
 from .config import DataConfig, ModelConfig, TrainConfig
 from .decoding import DecodingOptions, read_lexicon
+from .fastpath import PRECISIONS, check_precision
 from .model import load_model
 from .registry import STAGE_KINDS, list_stages
 
@@ -82,6 +83,23 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     group = parser.add_argument_group("model (DTRB's flags; needed for a DTRB .pth, whose file does not record them)")
     add_options(group, MODEL_OPTIONS, unset_defaults=True)
     group.add_argument("--rgb", action="store_true", help="RGB input (sets --input_channel 3)")
+    return parser
+
+
+def precision(value: str) -> str:
+    """``--precision``'s type: ``fp32``, ``bf16`` or ``fp16`` (accelerate's ``no`` is ``fp32``)."""
+    return check_precision(value)
+
+
+def add_speed_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``--precision`` (alias ``--mixed_precision``) and ``--compile`` for the inference scripts (test.py, demo.py)."""
+    group = parser.add_argument_group("speed")
+    group.add_argument("--precision", "--mixed_precision", dest="precision", type=precision, default="fp32",
+                       help=f"forward pass under autocast: {' | '.join(PRECISIONS)} (default fp32, DTRB's; losses, "
+                            f"CTC, the TPS grid and decoding stay fp32)")  # fmt: skip
+    group.add_argument("--compile", action="store_true",
+                       help="torch.compile the encoder (CNN + BiLSTM) first; the attention decoder stays eager. "
+                            "Compilation takes seconds to minutes and pays on large runs")  # fmt: skip
     return parser
 
 

@@ -335,6 +335,8 @@ class TrainConfig:
     push_to_hub: bool = option(False, help="push each new best-accuracy model to --hub_model_id")
     hub_model_id: str | None = option(None, help="Hub repo for --push_to_hub, e.g. user/my-model")
     hub_private_repo: bool = option(False, help="create the Hub repo as private")
+    compile: bool = option(False, help="torch.compile the encoder (CNN + BiLSTM; the attention decoder stays eager); "
+                                       "compilation takes the first steps' time and pays on long runs")
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "num_iter", "val_interval", "gradient_accumulation_steps", "log_interval",

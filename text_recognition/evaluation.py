@@ -22,6 +22,8 @@ from .data.collate import SkipTracker, TextCollator
 from .data.loaders import TextData, filtered_sources
 from .data.mixing import MixedSources
 from .decoding import Decoder, DecodingOptions
+from .fastpath import autocast as precision_autocast
+from .fastpath import check_precision, compile_encoder
 from .metrics import Protocol, RecognitionMetrics
 from .model import TextRecognitionModel
 
@@ -92,17 +94,20 @@ def predict_records(
     warmup: bool = False,
     decoder: Decoder | None = None,
     logit_rows: list[torch.Tensor] | None = None,
+    persistent: bool = False,
+    timings: dict[str, float] | None = None,
 ) -> tuple[list[Record], list[float], float]:
     """Predictions for ``indices`` of ``data``: one ``Record`` per decodable sample, the per-batch losses (of the
     greedy outputs), and the seconds spent in the model (device synchronised; with ``warmup``, the first batch runs
-    once untimed). ``decoder`` (default: greedy at the model's temperature) decodes; when it is not greedy, its
-    search is timed with the model. ``logit_rows``, when given, receives each record's greedy confidence rows
-    (``calibration.path_logits``), for temperature fitting."""
+    once untimed, and its seconds, compilation included, go to ``timings["warmup"]``). ``decoder`` (default: greedy
+    at the model's temperature) decodes; when it is not greedy, its search is timed with the model. ``logit_rows``,
+    when given, receives each record's greedy confidence rows (``calibration.path_logits``), for temperature
+    fitting. With ``persistent`` (training's validation) the DataLoader and its worker processes are kept on
+    ``data`` and reused by the next call with the same indices."""
     tokenizer, config = model.tokenizer, model.config
     decoder = decoder or model.decoder()
     search = not decoder.options.is_greedy
-    batches = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
-    loader = DataLoader(data.dataset, batch_sampler=batches, collate_fn=data.collator, num_workers=num_workers)
+    loader = _eval_loader(data, indices, batch_size, num_workers, persistent)
     was_training = model.training
     model.eval()
     records: list[Record] = []
@@ -116,8 +121,12 @@ def predict_records(
         images = batch["pixel_values"].to(device)
         targets, lengths = tokenizer.encode(batch["labels"], config.batch_max_length)
         if warmup:
+            warmup_start = time.perf_counter()
             with autocast() if autocast is not None else contextlib.nullcontext():
                 model(images)
+            _synchronize(device)
+            if timings is not None:
+                timings["warmup"] = timings.get("warmup", 0.0) + time.perf_counter() - warmup_start
             warmup = False
         _synchronize(device)
         start = time.perf_counter()
@@ -140,6 +149,22 @@ def predict_records(
                                   recognition.abstained))  # fmt: skip
     model.train(was_training)
     return records, losses, seconds
+
+
+def _eval_loader(
+    data: TextData, indices: list[int], batch_size: int, num_workers: int, persistent: bool
+) -> DataLoader:
+    """The DataLoader over ``indices`` in batches of ``batch_size``; with ``persistent`` and workers, built once per
+    (indices, batch size, workers) and kept on ``data`` with its workers alive (no start-up at every validation)."""
+    batches = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
+    if not (persistent and num_workers > 0):
+        return DataLoader(data.dataset, batch_sampler=batches, collate_fn=data.collator, num_workers=num_workers)
+    cache = data.__dict__.setdefault("_persistent_loaders", {})
+    key = (hash(tuple(indices)), len(indices), batch_size, num_workers)
+    if key not in cache:
+        cache[key] = DataLoader(data.dataset, batch_sampler=batches, collate_fn=data.collator,
+                                num_workers=num_workers, persistent_workers=True)  # fmt: skip
+    return cache[key]
 
 
 def _synchronize(device: torch.device) -> None:
@@ -178,6 +203,9 @@ class EvaluationReport:
     ms_per_image_batch1: float | None
     protocol: Protocol = field(default_factory=Protocol)
     decoding: DecodingOptions = field(default_factory=DecodingOptions)
+    precision: str = "fp32"
+    compiled: bool = False
+    warmup_seconds: float = 0.0  # the untimed first batch of each dataset (torch.compile's compilation included)
 
     @property
     def total_accuracy(self) -> float:
@@ -238,6 +266,10 @@ class EvaluationReport:
         if self.ms_per_image_batch1 is not None:
             lines.append(f"Latency at batch 1: {self.ms_per_image_batch1:.3f} ms/image. ")
         lines.append(f"Parameters: {self.num_params:,} ({self.num_params / 1e6:.3f} M).")
+        if self.precision != "fp32" or self.compiled:
+            lines.append(f"Precision: {self.precision}" + (f"; encoder compiled (warm-up batches, compilation "
+                         f"included: {self.warmup_seconds:.1f} s, not in the timings above)." if self.compiled
+                         else "."))  # fmt: skip
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
@@ -269,6 +301,9 @@ class EvaluationReport:
             "batch_size": self.batch_size,
             "ms_per_image_batch1": self.ms_per_image_batch1,
             "decoding": self.decoding.to_json(words=False),
+            "precision": self.precision,
+            "compiled": self.compiled,
+            "warmup_seconds": self.warmup_seconds,
         }
 
     def card_results(self) -> list[dict[str, Any]]:
@@ -331,6 +366,8 @@ def evaluate(
     timing_samples: int = 100,
     model_name: str | None = None,
     decoding: DecodingOptions | None = None,
+    precision: str = "fp32",
+    compile: bool = False,
 ) -> EvaluationReport:
     """Evaluate ``model`` on each dataset under ``eval_data`` (or those in ``names``).
 
@@ -343,6 +380,9 @@ def evaluate(
     synchronised (with the search, for a ``decoding`` other than greedy); ``ms_per_image_batch1`` the same one image
     at a time over ``timing_samples`` images (0: skip). Each dataset also gets its calibration (ECE at the model's
     ``temperature``) and selective-prediction scores (AURC, coverage at 95 % and 99 % accuracy).
+    ``precision`` (``fp32``, ``bf16``, ``fp16``) runs the forward pass under that autocast (losses, CTC, the TPS grid
+    and decoding stay fp32); ``compile`` compiles the encoder first (``fastpath.compile_encoder``), its compilation
+    falling in the untimed warm-up batches (``warmup_seconds``).
 
     Raises:
         ValueError: an unknown protocol, impossible decoding constraints, or a dataset of which no sample could be
@@ -353,7 +393,12 @@ def evaluate(
     decoder = model.decoder(decoding)
     if not isinstance(protocol, Protocol):
         protocol = Protocol(protocol, sensitive, data_filtering_off)
+    precision = check_precision(precision)
     device = next(model.parameters()).device
+    if compile:
+        compile_encoder(model)
+    autocast = (lambda: precision_autocast(device, precision)) if precision != "fp32" else None
+    timings: dict[str, float] = {}
     # DTRB's dataset rules for the evaluation flags: the model's charset and length, the flag's case mode.
     data_rules = dataclasses.replace(model.config, sensitive=protocol.sensitive)
     sources_by_name = {name: (filtered, kept) for name, filtered, _, kept in
@@ -365,8 +410,8 @@ def evaluate(
         data = TextData(sources, TextCollator(data_rules, protocol.data_filtering_off), log="")
         skips = SkipTracker()
         records, _, seconds = predict_records(model, data, list(range(len(filtered))), batch_size, device=device,
-                                              num_workers=num_workers, warmup=True, skips=skips,
-                                              decoder=decoder)  # fmt: skip
+                                              num_workers=num_workers, warmup=True, skips=skips, autocast=autocast,
+                                              decoder=decoder, timings=timings)  # fmt: skip
         scores = score_records(records, protocol)
         correct = [is_correct(r, protocol) for r in records]
         failures = [r for r, ok in zip(records, correct) if not ok]
@@ -389,10 +434,10 @@ def evaluate(
     if timing_samples and timing_data is not None:
         count = min(timing_samples, len(timing_data.dataset))
         _, _, seconds = predict_records(model, timing_data, list(range(count)), 1, device=device, warmup=True,
-                                        decoder=decoder)  # fmt: skip
+                                        decoder=decoder, autocast=autocast, timings=timings)  # fmt: skip
         batch1 = 1000 * seconds / count
     return EvaluationReport(model_name or model.config.stage_string, results, model.num_parameters, batch_size,
-                            batch1, protocol, decoding)  # fmt: skip
+                            batch1, protocol, decoding, precision, compile, timings.get("warmup", 0.0))  # fmt: skip
 
 
 def dtrb_exp_name(saved_model: str) -> str:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 from torch.utils.data import DataLoader
 
+from .fastpath import inference_settings
 from .transforms import align_batch, load_image
 
 if TYPE_CHECKING:
@@ -67,10 +68,13 @@ def recognize_files(
     batch_size: int = 192,
     num_workers: int = 0,
     decoding: DecodingOptions | None = None,
+    *,
+    precision: str = "fp32",
+    compile: bool = False,
 ) -> Iterator[FileResult]:
     """Recognise image files, in the given order, decoded as ``decoding`` says (default greedy). A file that cannot
     be decoded yields a result with ``error`` set instead of stopping the run (DTRB silently substituted a black
-    image)."""
+    image). ``precision`` and ``compile`` are ``recognize``'s."""
     decoder = model.decoder(decoding)
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
@@ -80,6 +84,7 @@ def recognize_files(
     device = next(model.parameters()).device
     loader = DataLoader(paths, batch_size=batch_size, num_workers=num_workers, collate_fn=_LoadBatch(model.config))
     for batch_paths, tensors, errors in loader:
-        recognitions = iter(model.recognize_batch(tensors.to(device), decoder) if tensors is not None else [])
+        with inference_settings(model, precision, compile):
+            recognitions = iter(model.recognize_batch(tensors.to(device), decoder) if tensors is not None else [])
         for path, error in zip(batch_paths, errors):
             yield FileResult(path, None if error else next(recognitions), error)

@@ -38,6 +38,7 @@ from .config import DataConfig, ModelConfig, TrainConfig, parse_select_data, par
 from .data.collate import SkipTracker
 from .data.loaders import TextData, build_eval_data, build_train_data
 from .evaluation import calibrate, predict_records, score_records, write_temperature
+from .fastpath import compile_encoder
 from .metrics import Protocol
 from .model import TextRecognitionModel, load_model
 from .progress import progress
@@ -301,7 +302,7 @@ def evaluate_model(
     records, losses, _ = predict_records(
         accelerator.unwrap_model(model), data, list(range(start, min(start + share, total))), batch_size,
         device=accelerator.device, num_workers=num_workers, autocast=accelerator.autocast, skips=skips,
-        loss_kwargs={"baidu": True} if baidu_ctc else None,
+        loss_kwargs={"baidu": True} if baidu_ctc else None, persistent=True,
     )  # fmt: skip
     gathered_records = gather_object(records) if accelerator.num_processes > 1 else records
     gathered_losses = gather_object(losses) if accelerator.num_processes > 1 else losses
@@ -505,7 +506,7 @@ class Run:
 class Throughput:
     """The training loss since the last validation, and images per second of optimizer steps only."""
 
-    loss_sum: float = 0.0
+    loss_sum: float | torch.Tensor = 0.0  # a device tensor between reads: no host sync per step
     loss_count: int = 0
     images: int = 0  # since the start of this process's loop
     excluded: float = 0.0  # seconds of validation and checkpointing, left out of the throughput
@@ -515,9 +516,9 @@ class Throughput:
 
     @property
     def train_loss(self) -> float:
-        return self.loss_sum / max(self.loss_count, 1)
+        return float(self.loss_sum) / max(self.loss_count, 1)
 
-    def add(self, loss: float, images: int) -> None:
+    def add(self, loss: float | torch.Tensor, images: int) -> None:
         self.loss_sum += loss
         self.loss_count += 1
         self.images += images
@@ -584,6 +585,7 @@ def start_run(model_config: ModelConfig, data_config: DataConfig, train_config: 
         log_with=_report_to(train_config.report_to),
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
     )
+    enable_cpu_fp16(accelerator)
     run = Run(model_config, data_config, train_config, accelerator, exp_name, run_dir)
     with main_reports(accelerator):
         check_run_dir(run_dir, train_config)  # every process reads the folder before any writes to it
@@ -689,6 +691,15 @@ def remove_leftovers(run_dir: Path) -> None:
                        ", ".join(path.name for path in leftovers))  # fmt: skip
 
 
+def enable_cpu_fp16(accelerator: Accelerator) -> None:
+    """``--mixed_precision fp16`` on the CPU: accelerate would run it as fp32 without a word; torch's CPU autocast
+    and ``GradScaler`` support fp16, so turn them on (before ``prepare``, which hands the scaler to the optimizer;
+    ``save_state``/``load_state`` then keep the scaler's state in every checkpoint, as on a GPU)."""
+    if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu" and accelerator.scaler is None:
+        accelerator.native_amp = True
+        accelerator.scaler = torch.amp.GradScaler("cpu")
+
+
 def build_model_and_optimizer(run: Run) -> None:
     """DTRB's initialisation, then ``--saved_model`` (strict, or what fits with ``--FT``), the optimizer, and the
     state of the checkpoint to resume from, if any."""
@@ -723,6 +734,8 @@ def build_model_and_optimizer(run: Run) -> None:
     if train_config.ema_decay is not None:
         run.ema = EMA(run.unwrapped, train_config.ema_decay)
         run.accelerator.register_for_checkpointing(run.ema)
+    if train_config.compile:  # after the EMA copy, which stays eager (it is only validated)
+        compile_encoder(run.unwrapped)
     if resume_dir is not None:
         try:
             run.accelerator.load_state(str(resume_dir))
@@ -998,11 +1011,13 @@ def optimizer_step(run: Run) -> str:
                 logits = model(images, targets if config.prediction == "Attn" else None)
             loss = run.unwrapped.loss(logits, targets, lengths, **run.loss_kwargs)
             accelerator.backward(loss * (accumulation / len(kept)))  # backward divides by `accumulation`
-        losses.append((float(loss.detach()), len(batch["labels"])))
+        losses.append((loss.detach().float(), len(batch["labels"])))
     grad_norm = accelerator.clip_grad_norm_(model.parameters(), run.train_config.grad_clip)
-    finite_loss = all(math.isfinite(value) for value, _ in losses)
+    checks = [value for value, _ in losses]
     # fp16's scaler skips overflowing steps itself (and lowers its scale): only a non-finite loss counts there
-    finite = finite_loss and (accelerator.scaler is not None or grad_norm is None or math.isfinite(float(grad_norm)))
+    if accelerator.scaler is None and grad_norm is not None:
+        checks.append(grad_norm.detach().float())
+    finite = bool(torch.isfinite(torch.stack([value.reshape(()) for value in checks])).all())  # one host sync
     (nonfinite,) = agreed_across_processes(accelerator, [not finite])
     if nonfinite:
         run.optimizer.zero_grad(set_to_none=True)
@@ -1011,7 +1026,7 @@ def optimizer_step(run: Run) -> str:
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
     for value, count in losses:
-        run.meter.add(value, count)
+        run.meter.add(value, count)  # device tensors: read (synced) only when the loss is shown
     run.scheduler.step()
     if run.ema is not None:
         run.ema.update(run.unwrapped)
@@ -1067,9 +1082,11 @@ def log_step(run: Run, bar: Any) -> None:
     """The progress line, and every ``log_interval`` steps the trackers' training loss, rate and learning rate."""
     iteration, meter = run.state.iteration, run.meter
     rate = meter.window_rate(run.accelerator.num_processes)
-    bar.set_postfix(loss=f"{meter.train_loss:.4f}", img_s=f"{rate:.0f}", refresh=False)
+    logged = iteration % run.train_config.log_interval == 0 or iteration == 1
+    if logged:  # reading the loss syncs the device: only when it is shown
+        bar.set_postfix(loss=f"{meter.train_loss:.4f}", img_s=f"{rate:.0f}", refresh=False)
     bar.update(1)
-    if iteration % run.train_config.log_interval == 0 or iteration == 1:
+    if logged:
         run.accelerator.log({"train/loss": meter.train_loss, "train/images_per_second": rate,
                              "train/lr": run.optimizer.param_groups[0]["lr"]}, step=iteration)  # fmt: skip
         meter.window_start, meter.window_images = time.perf_counter(), 0
