@@ -350,9 +350,13 @@ def test_loss_falls_and_accuracy_rises(data, tmp_path):
     assert result.returncode == 0, result.stdout
     log = (tmp_path / "run" / "log_train.txt").read_text().splitlines()
     losses = [float(line.split("Train loss: ")[1].split(",")[0]) for line in log if "Train loss" in line]
-    accuracies = [float(line.split(": ")[1].split(",")[0]) for line in log if line.startswith("Current_accuracy")]
+    current = [line for line in log if line.startswith("Current_accuracy")]
+    accuracies = [float(line.split(": ")[1].split(",")[0]) for line in current]
+    norm_eds = [float(line.rsplit(": ", 1)[1]) for line in current]
     assert losses[-1] < losses[0] / 2
-    assert accuracies[0] < 5 and accuracies[-1] > accuracies[0] + 10
+    # Word accuracy on 61 unseen words after 400 steps on 400 words is at its take-off: 0-26 % by seed and by the
+    # rounding of the convolution layout. norm_ED rises steadily (0.03 -> 0.32-0.61 over seeds 1, 2, 3 and 1111).
+    assert accuracies[0] < 5 and norm_eds[-1] > norm_eds[0] + 0.2
 
 
 @pytest.mark.slow
