@@ -248,6 +248,9 @@ def parse_stage_names(text: str | Sequence[str]) -> list[str]:
     return list(dict.fromkeys(by_key[name.strip().lower()] for name in names))
 
 
+DEFAULT_SHUFFLE_BLOCK = 2000  # --shuffle_block: samples of a stream shuffled together
+
+
 @dataclass
 class DataConfig:
     """Where the training and validation data come from and how sources are mixed (DTRB's data flags).
@@ -264,6 +267,10 @@ class DataConfig:
     workers: int = option(4, help="data loading workers per process")
     augment: bool = option(False, help="text-safe augmentation of the training images (geometric and photometric)")
     augment_strength: float = option(0.5, help="largest augmentation magnitude, in (0, 1] (with --augment)")
+    streaming: bool = option(False, help="stream --train_data (a Hub dataset, or a local folder of Parquet "
+                                         "files) instead of reading it whole; filtered on the fly, exactly resumable")
+    shuffle_block: int = option(DEFAULT_SHUFFLE_BLOCK,
+                                help="with --streaming: consecutive samples shuffled together (one block)")
 
     def __post_init__(self) -> None:
         if not self.train_data:
@@ -278,6 +285,14 @@ class DataConfig:
             raise ValueError(f"workers must be 0 or more, got {self.workers}.")
         if not 0 < self.augment_strength <= 1:
             raise ValueError(f"augment_strength must be in (0, 1] (0.5 is a good start), got {self.augment_strength}.")
+        if self.shuffle_block < 1:
+            raise ValueError(f"shuffle_block must be at least 1 (1: the stream's own order), got {self.shuffle_block}.")
+        if not self.streaming and self.shuffle_block != DEFAULT_SHUFFLE_BLOCK:
+            raise ValueError("--shuffle_block only applies with --streaming (an LMDB or datasets folder is shuffled "
+                             "whole, every epoch).")  # fmt: skip
+        if self.streaming and self.total_data_usage_ratio != 1:
+            raise ValueError("--total_data_usage_ratio needs each source's size, which a stream does not give: leave "
+                             "it at 1 with --streaming, or cut the dataset before streaming it.")  # fmt: skip
 
 
 @dataclass

@@ -21,6 +21,7 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,6 +38,7 @@ from .augment import TextAugment
 from .config import DataConfig, ModelConfig, TrainConfig, parse_select_data, parse_stage_names
 from .data.collate import SkipTracker
 from .data.loaders import TextData, build_eval_data, build_train_data
+from .data.streaming import StreamBatchSampler, build_stream_train_data
 from .evaluation import calibrate, predict_records, score_records, write_temperature
 from .fastpath import compile_encoder
 from .metrics import Protocol
@@ -834,14 +836,25 @@ def build_data(run: Run) -> None:
     data_config, train_config, accelerator = run.data_config, run.train_config, run.accelerator
 
     def build() -> None:
-        run.train_data = build_train_data(
-            data_config.train_data, run.model_config, select_data=data_config.select_data,
-            batch_ratio=data_config.batch_ratio, total_data_usage_ratio=data_config.total_data_usage_ratio,
-            batch_size=train_config.batch_size, data_filtering_off=data_config.data_filtering_off,
-            seed=train_config.seed, rank=accelerator.process_index, world_size=accelerator.num_processes,
-            start_iteration=run.state.iteration * train_config.gradient_accumulation_steps,
-            augment=TextAugment(data_config.augment_strength, seed=train_config.seed) if data_config.augment else None,
-        )  # fmt: skip
+        augment = TextAugment(data_config.augment_strength, seed=train_config.seed) if data_config.augment else None
+        if data_config.streaming:
+            run.train_data = build_stream_train_data(
+                data_config.train_data, run.model_config, select_data=data_config.select_data,
+                batch_ratio=data_config.batch_ratio, batch_size=train_config.batch_size,
+                data_filtering_off=data_config.data_filtering_off, seed=train_config.seed,
+                rank=accelerator.process_index, world_size=accelerator.num_processes,
+                shuffle_block=data_config.shuffle_block, augment=augment,
+            )  # fmt: skip
+            if run.resume_dir is not None:
+                load_stream_state(run)
+        else:
+            run.train_data = build_train_data(
+                data_config.train_data, run.model_config, select_data=data_config.select_data,
+                batch_ratio=data_config.batch_ratio, total_data_usage_ratio=data_config.total_data_usage_ratio,
+                batch_size=train_config.batch_size, data_filtering_off=data_config.data_filtering_off,
+                seed=train_config.seed, rank=accelerator.process_index, world_size=accelerator.num_processes,
+                start_iteration=run.state.iteration * train_config.gradient_accumulation_steps, augment=augment,
+            )  # fmt: skip
         run.valid_data = build_eval_data(data_config.valid_data, run.model_config,
                                          data_filtering_off=data_config.data_filtering_off)  # fmt: skip
 
@@ -851,8 +864,46 @@ def build_data(run: Run) -> None:
                         pin_memory=accelerator.device.type == "cuda",
                         persistent_workers=data_config.workers > 0)  # fmt: skip
     run.batches = iter(loader)  # the batch sampler is endless: no epochs, no re-shuffling restarts
+    if isinstance(run.train_data.sampler, StreamBatchSampler):
+        run.batches = _marking_consumed(run.batches, run.train_data.sampler)
     if run.main and run.train_config.push_to_hub:
         run.pusher = _Pusher(train_config.hub_model_id, train_config.hub_private_repo)
+
+
+STREAM_STATE = "stream_state.json"  # in a checkpoint of a --streaming run: each process's place in the stream
+
+
+def _marking_consumed(batches: Iterator[dict[str, Any]], sampler: StreamBatchSampler) -> Iterator[dict[str, Any]]:
+    """The loader's batches, each marked as consumed by the stream sampler when it is handed to training (the
+    DataLoader reads ahead: what a checkpoint saves is where the last batch trained on left the stream)."""
+    for batch in batches:
+        sampler.consumed(batch["draw"])
+        yield batch
+
+
+def stream_states(run: Run) -> dict[str, Any] | None:
+    """Every process's stream state (on the main process; ``None`` elsewhere and without ``--streaming``)."""
+    sampler = run.train_data.sampler if run.train_data is not None else None
+    if not isinstance(sampler, StreamBatchSampler):
+        return None
+    states = [sampler.state_dict()]
+    if run.accelerator.num_processes > 1:
+        states = gather_object(states)
+    return {"num_processes": run.accelerator.num_processes, "states": states} if run.main else None
+
+
+def load_stream_state(run: Run) -> None:
+    """Put this process's stream where the resumed checkpoint left it."""
+    path = run.resume_dir / STREAM_STATE
+    if not path.is_file():
+        raise TrainingStopped(f"Cannot resume a --streaming run from {run.resume_dir}: it has no {STREAM_STATE} (it "
+                              f"was written by a run that did not stream). Resume without --streaming, or start "
+                              f"afresh with --overwrite_output_dir.")  # fmt: skip
+    saved = json.loads(path.read_text())
+    if saved["num_processes"] != run.accelerator.num_processes:
+        raise TrainingStopped(f"Cannot resume the stream of {run.resume_dir} on {run.accelerator.num_processes} "
+                              f"process(es): it was split across {saved['num_processes']}. Resume with as many.")
+    run.train_data.sampler.load_state_dict(saved["states"][run.accelerator.process_index])
 
 
 def label_audit(run: Run) -> str:
@@ -861,8 +912,9 @@ def label_audit(run: Run) -> str:
     from .audit import audit
 
     data_config = run.data_config
-    if not Path(data_config.train_data).exists():
-        return f"label audit: {data_config.train_data} is streamed from the Hub; run scripts/audit_dataset.py on it."
+    if data_config.streaming or not Path(data_config.train_data).exists():
+        return (f"label audit: {data_config.train_data} is streamed (filtering counts are in all_results.json); run "
+                f"scripts/audit_dataset.py on it for the whole picture.")
     parts = ["label audit (scripts/audit_dataset.py; add --images there for sizes, corrupt images, duplicates):"]
     for token in parse_select_data(data_config.select_data):
         report = audit(data_config.train_data, run.model_config, select_data=token,
@@ -901,7 +953,7 @@ def write_run_files(run: Run) -> None:
     split = " + ".join(f"{n} {token}" for n, token in zip(run.train_data.batch_sizes, tokens))
     accelerator.print(
         f"{model_config.stage_string}: {run.unwrapped.num_parameters:,} parameters\n"
-        f"Training samples: {len(run.train_data.dataset):,} | validation samples: {len(run.valid_data.dataset):,}\n"
+        f"Training samples: {training_samples(run)} | validation samples: {len(run.valid_data.dataset):,}\n"
         f"Batch per process: {sum(run.train_data.batch_sizes)} ({split}) | processes: {accelerator.num_processes} | "
         f"accumulation: {run.train_config.gradient_accumulation_steps} | total batch: {run.total_batch_size} | "
         f"mixed precision: {accelerator.mixed_precision} | device: {accelerator.device}"
@@ -921,14 +973,16 @@ def agreed_across_processes(accelerator: Accelerator, flags: list[bool]) -> list
 #: What a resumed run must share with its checkpoint's: what changes the data stream or the model.
 RESUME_KEYS = {
     "train": ("batch_size", "seed", "gradient_accumulation_steps"),
-    "data": ("train_data", "select_data", "batch_ratio", "total_data_usage_ratio", "data_filtering_off"),
+    "data": ("train_data", "select_data", "batch_ratio", "total_data_usage_ratio", "data_filtering_off", "streaming",
+             "shuffle_block"),
 }
 
 
 def run_configs(run: Run) -> dict[str, Any]:
     """What ``run_config.json`` records: the three configs, the number of processes and a fingerprint of the
     training data (its sources, their filtered sizes and the mixed length)."""
-    data = f"{run.train_data.log}|{len(run.train_data.dataset)}"
+    size = len(run.train_data.dataset) if hasattr(run.train_data.dataset, "__len__") else "streamed"
+    data = f"{run.train_data.log}|{size}"
     return {"model": asdict(run.model_config), "data": asdict(run.data_config), "train": asdict(run.train_config),
             "num_processes": run.accelerator.num_processes,
             "data_fingerprint": hashlib.sha256(data.encode()).hexdigest()[:16]}  # fmt: skip
@@ -1186,8 +1240,9 @@ def save_checkpoint(run: Run) -> None:
     """A resumable checkpoint (model, optimizer, RNG, sampler position, bests, the run's configuration), written
     atomically."""
     run.state.skipped = dict(run.skips.counts)
+    streams = stream_states(run)
     _save_checkpoint(run.accelerator, run.checkpoints_dir, run.state, run.train_config.checkpoints_total_limit,
-                     run_config=run_configs(run))  # fmt: skip
+                     run_config=run_configs(run), extra={STREAM_STATE: streams} if streams else None)  # fmt: skip
 
 
 def finish(run: Run, runtime: float) -> dict[str, Any]:
@@ -1211,6 +1266,9 @@ def finish(run: Run, runtime: float) -> dict[str, Any]:
         "nonfinite_steps_skipped": state.nonfinite_steps,
         "empty_batches_skipped": state.empty_batches,
     }
+    streamed = stream_filtering(run)
+    if streamed is not None:
+        results["stream_filtering"] = streamed
     if run.main:
         results["calibration"] = calibrate_bests(run)
         curves = plot_validation_curves(run)
@@ -1226,6 +1284,27 @@ def finish(run: Run, runtime: float) -> dict[str, Any]:
                               f"{state.best_norm_ED:.4f}; results in {run.run_dir}")  # fmt: skip
     run.accelerator.end_training()
     return results
+
+
+def stream_filtering(run: Run) -> dict[str, dict[str, int]] | None:
+    """With ``--streaming``: per source, the samples read by every process, by filter reason (``kept``, ...)."""
+    sampler = run.train_data.sampler if run.train_data is not None else None
+    if not isinstance(sampler, StreamBatchSampler):
+        return None
+    per_process = [sampler.filtering_counts()]
+    if run.accelerator.num_processes > 1:
+        per_process = gather_object(per_process)
+    total: dict[str, Counter] = {}
+    for counts in per_process:
+        for name, reasons in counts.items():
+            total.setdefault(name, Counter()).update(reasons)
+    return {name: dict(sorted(reasons.items())) for name, reasons in total.items()}
+
+
+def training_samples(run: Run) -> str:
+    """The training sample count as shown at start (a stream's is not known)."""
+    dataset = run.train_data.dataset
+    return f"{len(dataset):,}" if hasattr(dataset, "__len__") else "streamed"
 
 
 def calibrate_bests(run: Run) -> dict[str, Any]:
@@ -1296,7 +1375,7 @@ def plot_validation_curves(run: Run) -> str | None:
 
 def _save_checkpoint(
     accelerator: Accelerator, checkpoints_dir: Path, state: TrainState, limit: int | None,
-    run_config: dict[str, Any] | None = None,
+    run_config: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
 ) -> None:  # fmt: skip
     """``save_state`` into a temporary folder, then rename: resume never sees a half-written checkpoint. The folder's
     ``manifest.json`` records each file's size, so that a file truncated later is told. A failed write (a full disk)
@@ -1313,6 +1392,8 @@ def _save_checkpoint(
             (tmp / "train_state.json").write_text(json.dumps(finite_or_none(state.state_dict()), indent=2) + "\n")
             if run_config is not None:
                 (tmp / "run_config.json").write_text(json.dumps(run_config, indent=2, sort_keys=True) + "\n")
+            for name, value in (extra or {}).items():  # more JSON files (the stream state)
+                (tmp / name).write_text(json.dumps(value) + "\n")
             sizes = {str(f.relative_to(tmp)): f.stat().st_size for f in sorted(tmp.rglob("*")) if f.is_file()}
             (tmp / MANIFEST).write_text(json.dumps(sizes, indent=2) + "\n")
     except (OSError, RuntimeError) as error:  # torch reports a full disk as RuntimeError("... unexpected pos ...")

@@ -78,7 +78,8 @@ class TextCollator:
     """Rows ``{"image": bytes, "label": raw label, "source": name, "index": int}`` -> a training batch.
 
     Returns ``{"pixel_values": [B, C, H, W], "labels": list[str], "stored_labels": list[str],
-    "ids": list[(source, index)], "skipped": list[SkippedSample]}``: labels are cleaned as DTRB does at load time
+    "ids": list[(source, index)], "skipped": list[SkippedSample], "draw": int | None}`` (``draw``: the batch number
+    the sampler tagged the rows with, if it did): labels are cleaned as DTRB does at load time
     (lowercased unless sensitive,
     out-of-charset symbols removed); an image that cannot be decoded is left out of the batch and reported in
     ``skipped``. With ``augment``, each decoded image is augmented before the resize (training only).
@@ -106,8 +107,9 @@ class TextCollator:
             ids.append((source, index))
             stored.append(row["label"])
         pixel_values, labels = self.align(items)
+        draw = rows[0].get("draw") if len(rows) else None  # the batch number, from a tagging sampler
         return {"pixel_values": pixel_values, "labels": labels, "stored_labels": stored, "ids": ids,
-                "skipped": skipped}  # fmt: skip
+                "skipped": skipped, "draw": draw}  # fmt: skip
 
 
 class SkipTracker:

@@ -182,8 +182,11 @@ def convert_lmdb_tree(
     full_decode: bool = False,
     progress: bool = True,
     overwrite: bool = False,
+    parquet: bool = False,
 ) -> ConversionSummary:
-    """Convert every LMDB under ``root`` into a ``datasets`` folder under ``output_dir`` with the same relative name.
+    """Convert every LMDB under ``root`` into a ``datasets`` folder under ``output_dir`` with the same relative name,
+    or, with ``parquet``, into ``output_dir`` laid out as a Hub dataset repo (a folder of Parquet files per source,
+    ``MJ--MJ_train``, and the configs in ``README.md``): what ``--streaming`` streams, locally or once uploaded.
 
     Raises:
         FileNotFoundError: no LMDB under ``root`` (matching ``select_data``).
@@ -196,7 +199,12 @@ def convert_lmdb_tree(
         )
     output_dir = Path(output_dir)
     single = is_lmdb(root)
-    targets = {name: output_dir if single else output_dir / name for name in sources}
+    if parquet:
+        from .streaming import parquet_config, write_parquet_readme, write_parquet_source
+
+        targets = {name: output_dir / parquet_config(name) for name in sources}
+    else:
+        targets = {name: output_dir if single else output_dir / name for name in sources}
     existing = [str(t) for t in targets.values() if t.exists() and any(t.iterdir())]
     if existing and not overwrite:
         raise FileExistsError(f"Output folders already exist: {existing[:3]}; pass --overwrite to replace them.")
@@ -210,10 +218,16 @@ def convert_lmdb_tree(
                 path, stats=stats, full_decode=full_decode, progress=progress, cache_dir=cache_dir
             )
             start = time.perf_counter()
-            _save_atomically(dataset, targets[name])
+            if parquet:
+                shutil.rmtree(targets[name], ignore_errors=True)
+                write_parquet_source(dataset, targets[name])
+            else:
+                _save_atomically(dataset, targets[name])
             del dataset
         stats.seconds += time.perf_counter() - start
         summary.sources[name] = stats
+    if parquet:
+        write_parquet_readme(output_dir, list(sources))
     return summary
 
 
