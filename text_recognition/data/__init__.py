@@ -1,5 +1,5 @@
 """Data: DTRB LMDBs and image folders as Hugging Face datasets, DTRB's label filtering, exact batch mixing,
-AlignCollate and a synthetic word generator."""
+AlignCollate, streamed datasets and a synthetic word generator."""
 
 from .collate import AlignCollate, SkipTracker, TextCollator
 from .datasets import (
@@ -13,6 +13,7 @@ from .datasets import (
 from .labels import LabelRules
 from .lmdb import LmdbReader, find_sources, write_lmdb
 from .loaders import TextData, build_eval_data, build_train_data
+from .streaming import StreamBatchSampler, build_stream_train_data, stream_sources, write_parquet_repo
 from .synth import SyntheticWords
 from .mixing import BatchBalancedSampler, MixedSources, parse_batch_ratio, parse_select_data, source_batch_sizes
 
@@ -23,10 +24,12 @@ __all__ = [
     "LmdbReader",
     "MixedSources",
     "SkipTracker",
+    "StreamBatchSampler",
     "SyntheticWords",
     "TextCollator",
     "TextData",
     "build_eval_data",
+    "build_stream_train_data",
     "build_train_data",
     "convert_lmdb_tree",
     "filter_labels",
@@ -38,5 +41,7 @@ __all__ = [
     "parse_select_data",
     "push_dataset_tree",
     "source_batch_sizes",
+    "stream_sources",
     "write_lmdb",
+    "write_parquet_repo",
 ]
