@@ -18,7 +18,8 @@ from torch.utils.data import DataLoader
 from text_recognition import ModelConfig
 from text_recognition.data import SyntheticWords, build_train_data, convert_lmdb_tree
 from text_recognition.data.datasets import FEATURES
-from text_recognition.data.streaming import build_stream_train_data, stream_sources, write_parquet_repo
+from text_recognition.data.loaders import build_stream_train_data
+from text_recognition.data.streaming import stream_sources, write_parquet_repo
 
 CONFIG = ModelConfig("None", "VGG", "None", "CTC", output_channel=32, hidden_size=32)
 REAL_TRAIN = REPO_ROOT.parent / "shared" / "data" / "real_train"

@@ -37,8 +37,8 @@ from .checkpoints import check_state_dict, read_dtrb_state_dict
 from .augment import TextAugment
 from .config import DataConfig, ModelConfig, TrainConfig, parse_select_data, parse_stage_names
 from .data.collate import SkipTracker
-from .data.loaders import TextData, build_eval_data, build_train_data
-from .data.streaming import StreamBatchSampler, build_stream_train_data
+from .data.loaders import TextData, build_eval_data, build_stream_train_data, build_train_data
+from .data.streaming import StreamBatchSampler
 from .evaluation import calibrate, predict_records, score_records, write_temperature
 from .fastpath import compile_encoder
 from .metrics import Protocol

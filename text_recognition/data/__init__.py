@@ -12,8 +12,8 @@ from .datasets import (
 )
 from .labels import LabelRules
 from .lmdb import LmdbReader, find_sources, write_lmdb
-from .loaders import TextData, build_eval_data, build_train_data
-from .streaming import StreamBatchSampler, build_stream_train_data, stream_sources, write_parquet_repo
+from .loaders import TextData, build_eval_data, build_stream_train_data, build_train_data
+from .streaming import StreamBatchSampler, stream_sources, write_parquet_repo
 from .synth import SyntheticWords
 from .mixing import BatchBalancedSampler, MixedSources, parse_batch_ratio, parse_select_data, source_batch_sizes
 

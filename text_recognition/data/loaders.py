@@ -13,7 +13,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from ..config import ModelConfig
+from ..config import DEFAULT_SHUFFLE_BLOCK, ModelConfig
 from ..augment import TextAugment
 from .collate import TextCollator
 from .datasets import filter_dataset, label_rules, load_text_dataset, local_sources
@@ -21,6 +21,7 @@ from .labels import KEPT, LabelRules
 from .lmdb import LmdbReader, is_lmdb
 from .lmdb_index import LabelScan, LmdbSource, cached_scan
 from .mixing import BatchBalancedSampler, MixedSources, parse_batch_ratio, parse_select_data, source_batch_sizes
+from .streaming import StreamBatchSampler, StreamRows, TokenStream, stream_sources
 
 logger = logging.getLogger(__name__)
 
@@ -31,11 +32,11 @@ DASHED = "-" * 80
 class TextData:
     """A filtered, mixed data source ready for a DataLoader (``batch_sampler=sampler, collate_fn=collator``)."""
 
-    dataset: MixedSources
+    dataset: MixedSources | StreamRows
     collator: TextCollator
     log: str
     counts: dict[str, Counter] = field(default_factory=dict)  # source -> reason -> samples
-    sampler: BatchBalancedSampler | None = None
+    sampler: BatchBalancedSampler | StreamBatchSampler | None = None
     batch_sizes: list[int] = field(default_factory=list)  # per selected group, in select_data order
 
 
@@ -179,6 +180,53 @@ def build_train_data(
         sampler=sampler,
         batch_sizes=counts_per_batch,
     )
+
+
+
+def build_stream_train_data(
+    train_data: str | os.PathLike,
+    config: ModelConfig,
+    *,
+    select_data: str | Sequence[str] = "MJ-ST",
+    batch_ratio: str | Sequence[float] = "0.5-0.5",
+    batch_size: int = 192,
+    data_filtering_off: bool = False,
+    seed: int = 1111,
+    rank: int = 0,
+    world_size: int = 1,
+    shuffle_block: int = DEFAULT_SHUFFLE_BLOCK,
+    augment: TextAugment | None = None,
+) -> TextData:
+    """``build_train_data`` for ``--streaming``: a ``TextData`` whose sampler is a ``StreamBatchSampler``.
+
+    Raises:
+        FileNotFoundError: nothing to stream, or a token matching no source.
+        ValueError: mismatched ``select_data``/``batch_ratio``, LMDBs, a bad ``shuffle_block``.
+    """
+    if shuffle_block < 1:
+        raise ValueError(f"shuffle_block must be at least 1 (1: the stream's own order), got {shuffle_block}.")
+    tokens = parse_select_data(select_data)
+    ratios = parse_batch_ratio(batch_ratio, len(tokens))
+    counts = source_batch_sizes(batch_size, ratios)
+    rules = LabelRules(config.character, config.batch_max_length, config.sensitive, data_filtering_off)
+    log = [DASHED, f"dataset_root: {train_data} (streamed)", f"opt.select_data: {tokens}",
+           f"opt.batch_ratio: {ratios}", DASHED]  # fmt: skip
+    streams = []
+    for number, (token, ratio, per_batch) in enumerate(zip(tokens, ratios, counts)):
+        try:
+            sources = stream_sources(train_data, token)
+        except FileNotFoundError as error:
+            raise FileNotFoundError(f"{error} (select_data token {token!r})") from None
+        streams.append(TokenStream(token, number, sources, rules, seed, shuffle_block, rank, world_size))
+        log.append(f"dataset_root:    {train_data}\t dataset: {token}")
+        log += [f"sub-directory:\t/{name}\t streamed, filtered on the fly" for name in sources]
+        log.append(f"num samples of {token} per batch: {batch_size} x {ratio} (batch_ratio) = {per_batch}")
+        log.append(DASHED)
+    log.append(f"Total_batch_size: {'+'.join(map(str, counts))} = {sum(counts)}")
+    log.append(DASHED)
+    return TextData(dataset=StreamRows(), collator=TextCollator(config, data_filtering_off, augment),
+                    log="\n".join(log) + "\n", sampler=StreamBatchSampler(streams, counts),
+                    batch_sizes=counts)  # fmt: skip
 
 
 

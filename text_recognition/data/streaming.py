@@ -34,10 +34,8 @@ import datasets
 import numpy as np
 from torch.utils.data import Dataset, Sampler
 
-from ..config import DEFAULT_SHUFFLE_BLOCK, ModelConfig
 from .labels import KEPT, LabelRules
 from .lmdb import find_sources, is_lmdb, select_sources
-from .mixing import parse_batch_ratio, parse_select_data, source_batch_sizes
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +155,7 @@ def write_parquet_readme(output: Path, names: Sequence[str]) -> None:
     (output / "README.md").write_text("\n".join([*lines, "---", ""]), encoding="utf-8")
 
 
-class _TokenStream:
+class TokenStream:
     """The endless stream of kept samples of one ``select_data`` token on one process: its sources in turn, epoch
     after epoch, filtered, block-shuffled, with an exact state."""
 
@@ -292,7 +290,7 @@ class StreamBatchSampler(Sampler[list[dict]]):
     collator in the worker. ``consumed(draw)`` marks a batch as trained on; ``state_dict()`` is the state after the
     last such batch (the DataLoader reads ahead, so the sampler keeps the state of every batch in flight)."""
 
-    def __init__(self, streams: Sequence[_TokenStream], counts: Sequence[int], start_iteration: int = 0) -> None:
+    def __init__(self, streams: Sequence[TokenStream], counts: Sequence[int], start_iteration: int = 0) -> None:
         self.streams, self.counts = list(streams), [int(c) for c in counts]
         self.iteration = start_iteration
         self._states: dict[int, dict[str, Any]] = {}
@@ -353,54 +351,5 @@ class StreamRows(Dataset):
         return row
 
 
-def build_stream_train_data(
-    train_data: str | os.PathLike,
-    config: ModelConfig,
-    *,
-    select_data: str | Sequence[str] = "MJ-ST",
-    batch_ratio: str | Sequence[float] = "0.5-0.5",
-    batch_size: int = 192,
-    data_filtering_off: bool = False,
-    seed: int = 1111,
-    rank: int = 0,
-    world_size: int = 1,
-    shuffle_block: int = DEFAULT_SHUFFLE_BLOCK,
-    augment: Any = None,
-) -> Any:
-    """``build_train_data`` for ``--streaming``: a ``TextData`` whose sampler is a ``StreamBatchSampler``.
-
-    Raises:
-        FileNotFoundError: nothing to stream, or a token matching no source.
-        ValueError: mismatched ``select_data``/``batch_ratio``, LMDBs, a bad ``shuffle_block``.
-    """
-    from .collate import TextCollator
-    from .loaders import DASHED, TextData
-
-    if shuffle_block < 1:
-        raise ValueError(f"shuffle_block must be at least 1 (1: the stream's own order), got {shuffle_block}.")
-    tokens = parse_select_data(select_data)
-    ratios = parse_batch_ratio(batch_ratio, len(tokens))
-    counts = source_batch_sizes(batch_size, ratios)
-    rules = LabelRules(config.character, config.batch_max_length, config.sensitive, data_filtering_off)
-    log = [DASHED, f"dataset_root: {train_data} (streamed)", f"opt.select_data: {tokens}",
-           f"opt.batch_ratio: {ratios}", DASHED]  # fmt: skip
-    streams = []
-    for number, (token, ratio, per_batch) in enumerate(zip(tokens, ratios, counts)):
-        try:
-            sources = stream_sources(train_data, token)
-        except FileNotFoundError as error:
-            raise FileNotFoundError(f"{error} (select_data token {token!r})") from None
-        streams.append(_TokenStream(token, number, sources, rules, seed, shuffle_block, rank, world_size))
-        log.append(f"dataset_root:    {train_data}\t dataset: {token}")
-        log += [f"sub-directory:\t/{name}\t streamed, filtered on the fly" for name in sources]
-        log.append(f"num samples of {token} per batch: {batch_size} x {ratio} (batch_ratio) = {per_batch}")
-        log.append(DASHED)
-    log.append(f"Total_batch_size: {'+'.join(map(str, counts))} = {sum(counts)}")
-    log.append(DASHED)
-    return TextData(dataset=StreamRows(), collator=TextCollator(config, data_filtering_off, augment),
-                    log="\n".join(log) + "\n", sampler=StreamBatchSampler(streams, counts),
-                    batch_sizes=counts)  # fmt: skip
-
-
-__all__ = ["StreamBatchSampler", "StreamRows", "build_stream_train_data", "stream_sources", "write_parquet_repo",
-           "write_parquet_source", "write_parquet_readme"]
+__all__ = ["StreamBatchSampler", "StreamRows", "TokenStream", "stream_sources", "write_parquet_readme", "write_parquet_repo",
+           "write_parquet_source"]
