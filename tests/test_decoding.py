@@ -153,6 +153,15 @@ def test_ctc_lexicon_with_beam_picks_the_likely_word():
     assert word.text == "cb" and 0 < word.confidence < 1
 
 
+def test_lexicon_words_that_can_never_be_read_are_warned_and_left_out(caplog):
+    tokenizer = CTCTokenizer("abc")
+    with caplog.at_level("WARNING", logger="text_recognition.decoding"):
+        decoder = Decoder(tokenizer, DecodingOptions(lexicon=("ab", "abd", "", "abcabcabcabc")), 10)
+    trie = decoder.constraint._trie
+    assert trie.words == ["ab"] and trie.skipped == ["abd", "", "abcabcabcabc"]
+    assert "3 of the 4 lexicon words can never be read" in caplog.text and "'abd'" in caplog.text
+
+
 # ---- attention: beam search finds what greedy misses -------------------------------------------------------------
 
 

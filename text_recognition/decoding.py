@@ -26,6 +26,7 @@ renormalised over the allowed symbols: a constrained reading that the model find
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 from collections.abc import Iterable
@@ -41,6 +42,8 @@ from .tokenizer import BLANK_ID, EOS_ID, GO_ID
 if TYPE_CHECKING:
     from .stages.prediction import Attention
     from .tokenizer import Tokenizer
+
+logger = logging.getLogger(__name__)
 
 NEG_INF = float("-inf")
 
@@ -279,6 +282,12 @@ class _Trie:
                 f"longer than {max_length} characters or has symbols outside the allowed charset."
             )
         trie.skipped = skipped
+        if skipped:  # never silent: these words can never be read
+            logger.warning(
+                "%d of the %d lexicon words can never be read and are left out (empty, longer than %d characters, or "
+                "with symbols outside the allowed charset), e.g. %s.", len(skipped), len(words), max_length,
+                ", ".join(repr(word) for word in skipped[:5]),
+            )  # fmt: skip
         return trie
 
 
