@@ -94,13 +94,18 @@ def main() -> None:
         train_benchmark.SyntheticWords(seed=9).write_lmdb(root / "valid" / "v", 8, progress=False)
         for stages in args.models:
             t, f, s, p = stages.split("-")
+            train_args = [
+                str(ROOT / "scripts" / "train.py"), "--train_data", str(root), "--valid_data", str(root / "valid"),
+                "--select_data", "MJ-ST", "--batch_ratio", "0.5-0.5", "--batch_size", str(args.batch_size),
+                "--num_iter", str(args.iterations), "--valInterval", str(10**9), "--workers", str(args.workers),
+                "--output_dir", str(Path(tmp) / "runs"), "--exp_name", stages, "--overwrite_output_dir",
+                "--report_to", "none", "--Transformation", t, "--FeatureExtraction", f, "--SequenceModeling", s,
+                "--Prediction", p]  # fmt: skip
             ours = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                     str(ROOT / "accelerate_configs" / args.config_file), "--mixed_precision", args.precision,
-                    str(ROOT / "scripts" / "train.py"), "--train_data", str(root), "--valid_data", str(root / "valid"),
-                    "--select_data", "MJ-ST", "--batch_ratio", "0.5-0.5", "--batch_size", str(args.batch_size),
-                    "--num_iter", str(args.iterations), "--valInterval", str(10**9), "--workers", str(args.workers),
-                    "--output_dir", str(Path(tmp) / "runs"), "--exp_name", stages, "--report_to", "none",
-                    "--Transformation", t, "--FeatureExtraction", f, "--SequenceModeling", s, "--Prediction", p]
+                    *train_args]  # fmt: skip
+            # the same run without the launcher's parent process (one process: what accelerate launch runs)
+            direct = [sys.executable, *train_args]
             dtrb = [sys.executable, "-c",
                     "import importlib.util, sys; from pathlib import Path; "
                     f"spec = importlib.util.spec_from_file_location('b', {str(ROOT / 'benchmarks' / 'train.py')!r}); "
@@ -108,7 +113,10 @@ def main() -> None:
                     f"m.dtrb_style_train(Path({str(root)!r}), {stages!r}, {args.batch_size}, {args.iterations}, "
                     f"{args.workers})"]  # fmt: skip
             for _ in range(args.repeats):
-                for side, command in (("ours", ours), ("DTRB style", dtrb)):
+                sides = [("ours (accelerate launch)", ours), ("DTRB style", dtrb)]
+                if args.precision == "no":  # scripts/train.py alone trains in fp32 (precision is the launcher's)
+                    sides.insert(1, ("ours (python scripts/train.py)", direct))
+                for side, command in sides:
                     tree, largest, gpu = peak_of(command)
                     gpu_cell = f"{gpu:,.0f}" if gpu is not None else "no GPU"
                     print(f"| {stages} | {side} | {tree:,.0f} | {largest:,.0f} | {gpu_cell} |", flush=True)

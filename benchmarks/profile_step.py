@@ -37,9 +37,9 @@ KINDS = [  # (kind, substrings of aten operator names), the first that matches w
     ("pooling", ("pool",)),
     ("losses (CTC / cross-entropy)", ("ctc", "nll", "cross_entropy", "log_softmax")),
     ("optimizer (Adadelta) and clipping", ("_foreach", "addcmul", "addcdiv", "norm", "clip")),
-    ("copies, layout and host syncs", ("copy_", "to", "contiguous", "clone", "item", "_local_scalar_dense",
-                                       "empty", "cat", "stack", "permute")),
-    ("element-wise and activations", ("relu", "add", "mul", "div", "sub", "sigmoid", "tanh", "softmax", "max",
+    ("copies, layout and host syncs", ("copy_", "_to_copy", "aten::to", "contiguous", "clone", "item",
+                                       "_local_scalar_dense", "empty", "cat", "stack", "permute")),
+    ("element-wise and activations", ("relu", "clamp", "add", "mul", "div", "sub", "sigmoid", "tanh", "softmax", "max",
                                       "sum", "mean", "exp", "fill", "zero", "where", "threshold")),
 ]
 
