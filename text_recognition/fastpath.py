@@ -7,8 +7,9 @@ Small helpers that training, evaluation and ``recognize`` share, so that each en
   computed with autocast off, decoding takes float logits).
 - ``set_channels_last(model)``: the convolution stages' 4-D weights in ``channels_last`` memory order. Values are
   unchanged; only the layout the convolution kernels run in. Measured faster for every feature extractor (VGG,
-  RCNN, ResNet) with and without TPS, in training and inference, fp32 and bf16 (``BENCHMARKS.md``), so a model is
-  built that way (``CHANNELS_LAST_BY_DEFAULT``).
+  RCNN, ResNet) with and without TPS, in training and inference, fp32 and bf16 (``BENCHMARKS.md``), so a model
+  without TPS is built that way (``CHANNELS_LAST_BY_DEFAULT``). With TPS it is opt-in: the sampling grid amplifies
+  the layout's rounding past the 1e-4 equality with DTRB's outputs.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 _ALIASES = {"no": "fp32", "float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "half": "fp16"}
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
-#: Feature extractors whose convolutions run in ``channels_last`` when a model is built (all three: measured faster
-#: on this project's CPU for training and inference, with and without TPS; see ``BENCHMARKS.md``).
+#: Feature extractors whose convolutions run in ``channels_last`` when a model without TPS is built (all three:
+#: measured faster on this project's CPU for training and inference; see ``BENCHMARKS.md``).
 CHANNELS_LAST_BY_DEFAULT = frozenset({"VGG", "RCNN", "ResNet"})
 #: The model's stages that hold convolutions (TPS's localisation network and the feature extractor).
 CONV_STAGES = ("Transformation", "FeatureExtraction")
