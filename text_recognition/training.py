@@ -864,8 +864,8 @@ def build_data(run: Run) -> None:
                         pin_memory=accelerator.device.type == "cuda",
                         persistent_workers=data_config.workers > 0)  # fmt: skip
     run.batches = iter(loader)  # the batch sampler is endless: no epochs, no re-shuffling restarts
-    if isinstance(run.train_data.sampler, StreamBatchSampler):
-        run.batches = _marking_consumed(run.batches, run.train_data.sampler)
+    if _stream_sampler(run) is not None:
+        run.batches = _marking_consumed(run.batches, _stream_sampler(run))
     if run.main and run.train_config.push_to_hub:
         run.pusher = _Pusher(train_config.hub_model_id, train_config.hub_private_repo)
 
@@ -881,14 +881,22 @@ def _marking_consumed(batches: Iterator[dict[str, Any]], sampler: StreamBatchSam
         yield batch
 
 
+def _stream_sampler(run: Run) -> StreamBatchSampler | None:
+    sampler = run.train_data.sampler if run.train_data is not None else None
+    return sampler if isinstance(sampler, StreamBatchSampler) else None
+
+
+def _from_every_process(run: Run, value: Any) -> list[Any]:
+    """``value`` of every process, in process order (a collective: every process calls it)."""
+    return gather_object([value]) if run.accelerator.num_processes > 1 else [value]
+
+
 def stream_states(run: Run) -> dict[str, Any] | None:
     """Every process's stream state (on the main process; ``None`` elsewhere and without ``--streaming``)."""
-    sampler = run.train_data.sampler if run.train_data is not None else None
-    if not isinstance(sampler, StreamBatchSampler):
+    sampler = _stream_sampler(run)
+    if sampler is None:
         return None
-    states = [sampler.state_dict()]
-    if run.accelerator.num_processes > 1:
-        states = gather_object(states)
+    states = _from_every_process(run, sampler.state_dict())
     return {"num_processes": run.accelerator.num_processes, "states": states} if run.main else None
 
 
@@ -1288,14 +1296,11 @@ def finish(run: Run, runtime: float) -> dict[str, Any]:
 
 def stream_filtering(run: Run) -> dict[str, dict[str, int]] | None:
     """With ``--streaming``: per source, the samples read by every process, by filter reason (``kept``, ...)."""
-    sampler = run.train_data.sampler if run.train_data is not None else None
-    if not isinstance(sampler, StreamBatchSampler):
+    sampler = _stream_sampler(run)
+    if sampler is None:
         return None
-    per_process = [sampler.filtering_counts()]
-    if run.accelerator.num_processes > 1:
-        per_process = gather_object(per_process)
     total: dict[str, Counter] = {}
-    for counts in per_process:
+    for counts in _from_every_process(run, sampler.filtering_counts()):
         for name, reasons in counts.items():
             total.setdefault(name, Counter()).update(reasons)
     return {name: dict(sorted(reasons.items())) for name, reasons in total.items()}
