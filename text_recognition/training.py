@@ -864,8 +864,9 @@ def build_data(run: Run) -> None:
                         pin_memory=accelerator.device.type == "cuda",
                         persistent_workers=data_config.workers > 0)  # fmt: skip
     run.batches = iter(loader)  # the batch sampler is endless: no epochs, no re-shuffling restarts
-    if _stream_sampler(run) is not None:
-        run.batches = _marking_consumed(run.batches, _stream_sampler(run))
+    stream = _stream_sampler(run)
+    if stream is not None:
+        run.batches = _marking_consumed(run.batches, stream)
     if run.main and run.train_config.push_to_hub:
         run.pusher = _Pusher(train_config.hub_model_id, train_config.hub_private_repo)
 

@@ -3,10 +3,11 @@ ratio and exact batch mixing, with DTRB's ``log_dataset.txt`` lines and per-reas
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +41,17 @@ class TextData:
     batch_sizes: list[int] = field(default_factory=list)  # per selected group, in select_data order
 
 
+@contextlib.contextmanager
+def _naming_the_token(select: str) -> Iterator[None]:
+    """A source lookup's ``FileNotFoundError`` names the ``select_data`` token it was for (not ``/``: all)."""
+    try:
+        yield
+    except FileNotFoundError as error:
+        if select == "/":
+            raise
+        raise FileNotFoundError(f"{error} (select_data token {select!r})") from None
+
+
 def filtered_sources(
     data: str | os.PathLike, select: str, config: ModelConfig, data_filtering_off: bool
 ) -> list[tuple[str, LmdbSource | datasets.Dataset, Counter, np.ndarray | None]]:
@@ -55,12 +67,8 @@ def filtered_sources(
     path = Path(data)
     result = []
     if path.exists():
-        try:
+        with _naming_the_token(select):
             sources = local_sources(path, select)
-        except FileNotFoundError as error:
-            if select == "/":
-                raise
-            raise FileNotFoundError(f"{error} (select_data token {select!r})") from None
         for name, folder in sources.items():
             if is_lmdb(folder):
                 with LmdbReader(folder) as reader:
@@ -72,12 +80,8 @@ def filtered_sources(
             _warn_label_changes(name, scanned, rules)
             result.append((name, source, scanned.counts, scanned.kept))
         return result
-    try:
+    with _naming_the_token(select):
         loaded = load_text_dataset(data, select)
-    except FileNotFoundError as error:
-        if select == "/":
-            raise
-        raise FileNotFoundError(f"{error} (select_data token {select!r})") from None
     for name, dataset in loaded.items():
         filtered, scanned = filter_dataset(dataset.cast_column("image", datasets.Image(decode=False)), rules)
         _warn_label_changes(name, scanned, rules)
@@ -213,10 +217,8 @@ def build_stream_train_data(
            f"opt.batch_ratio: {ratios}", DASHED]  # fmt: skip
     streams = []
     for number, (token, ratio, per_batch) in enumerate(zip(tokens, ratios, counts)):
-        try:
+        with _naming_the_token(token):
             sources = stream_sources(train_data, token)
-        except FileNotFoundError as error:
-            raise FileNotFoundError(f"{error} (select_data token {token!r})") from None
         streams.append(TokenStream(token, number, sources, rules, seed, shuffle_block, rank, world_size))
         log.append(f"dataset_root:    {train_data}\t dataset: {token}")
         log += [f"sub-directory:\t/{name}\t streamed, filtered on the fly" for name in sources]

@@ -57,7 +57,8 @@ def is_parquet_source(path: Path) -> bool:
 
 
 def _is_stream_source(path: Path) -> bool:
-    return is_parquet_source(path) or (path / "dataset_info.json").is_file() and (path / "state.json").is_file()
+    """A folder of Parquet files, or a ``save_to_disk`` dataset folder."""
+    return is_parquet_source(path) or ((path / "dataset_info.json").is_file() and (path / "state.json").is_file())
 
 
 def _has_config_metadata(path: Path) -> bool:
@@ -290,9 +291,9 @@ class StreamBatchSampler(Sampler[list[dict]]):
     collator in the worker. ``consumed(draw)`` marks a batch as trained on; ``state_dict()`` is the state after the
     last such batch (the DataLoader reads ahead, so the sampler keeps the state of every batch in flight)."""
 
-    def __init__(self, streams: Sequence[TokenStream], counts: Sequence[int], start_iteration: int = 0) -> None:
+    def __init__(self, streams: Sequence[TokenStream], counts: Sequence[int]) -> None:
         self.streams, self.counts = list(streams), [int(c) for c in counts]
-        self.iteration = start_iteration
+        self.iteration = 0  # the next batch's number (a resumed state sets it)
         self._states: dict[int, dict[str, Any]] = {}
         self._consumed: dict[str, Any] | None = None
 
@@ -351,5 +352,5 @@ class StreamRows(Dataset):
         return row
 
 
-__all__ = ["StreamBatchSampler", "StreamRows", "TokenStream", "stream_sources", "write_parquet_readme", "write_parquet_repo",
-           "write_parquet_source"]
+__all__ = ["StreamBatchSampler", "StreamRows", "TokenStream", "stream_sources", "write_parquet_readme",
+           "write_parquet_repo", "write_parquet_source"]
