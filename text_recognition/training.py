@@ -1292,6 +1292,11 @@ def finish(run: Run, runtime: float) -> dict[str, Any]:
         run.accelerator.print(f"end the training: best accuracy {state.best_accuracy:.3f}, best norm_ED "
                               f"{state.best_norm_ED:.4f}; results in {run.run_dir}")  # fmt: skip
     run.accelerator.end_training()
+    if run.accelerator.num_processes > 1 and torch.distributed.is_initialized():
+        # Gloo's worker threads must end before the interpreter does: a process group left for exit to destroy
+        # aborts the process now and then ("terminate called without an active exception", pytorch#190489).
+        run.accelerator.wait_for_everyone()
+        torch.distributed.destroy_process_group()
     return results
 
 
