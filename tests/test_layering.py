@@ -114,9 +114,40 @@ def test_the_import_graph_has_no_cycle():
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
+TRAINING = f"{PACKAGE}.training"
+#: The rooms of ``training/`` that the run's steps use; they never import a step room, nor the loop.
+TRAINING_INFRASTRUCTURE = ("state", "optim", "run_dir", "resume", "hub_push", "distributed", "streams")
+TRAINING_STEPS = ("start", "validation", "finish")
+
+
+def _in_training(module: str) -> bool:
+    return module == TRAINING or module.startswith(TRAINING + ".")
+
+
 def test_only_the_training_script_imports_training():
-    importers = sorted(module for module, targets in import_graph().items() if f"{PACKAGE}.training" in targets)
+    importers = sorted(module for module, targets in import_graph().items()
+                       if not _in_training(module) and any(_in_training(target) for target in targets))  # fmt: skip
     assert importers == [], f"modules of the package that import training: {importers}"
+
+
+def test_the_loop_imports_the_rooms_not_the_reverse():
+    graph = import_graph()
+    rooms = {module: targets for module, targets in graph.items() if module.startswith(TRAINING + ".")}
+    assert {f"{TRAINING}.{name}" for name in ("loop", *TRAINING_STEPS, *TRAINING_INFRASTRUCTURE)} <= set(rooms)
+    back_to_loop = sorted(module for module, targets in rooms.items() if f"{TRAINING}.loop" in targets)
+    assert back_to_loop == [], f"rooms of training/ that import the loop: {back_to_loop}"
+    steps = {f"{TRAINING}.{name}" for name in TRAINING_STEPS}
+    up = sorted(f"{module} -> {target}" for module, targets in rooms.items() for target in targets & steps
+                if module.rpartition(".")[2] in TRAINING_INFRASTRUCTURE)  # fmt: skip
+    assert up == [], f"infrastructure rooms of training/ that import a step room: {up}"
+    shared = {target for target in rooms[f"{TRAINING}.state"] if _in_training(target)}
+    assert shared == set(), f"training/state.py must import no other room: {shared}"
+
+
+def test_no_module_of_the_package_is_over_500_lines():
+    long = {str(path.relative_to(PACKAGE_DIR)): n for path in sorted(PACKAGE_DIR.rglob("*.py"))
+            if (n := len(path.read_text(encoding="utf-8").splitlines())) > 500}  # fmt: skip
+    assert long == {}, f"split these modules by job (the house rule is about 500 lines at most): {long}"
 
 
 def test_the_cycle_finder_finds_a_lazy_cycle(tmp_path):

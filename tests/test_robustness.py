@@ -408,11 +408,11 @@ class StubHubApi:
 def test_pusher_keeps_one_copy_skips_a_stale_best_and_reports_a_refused_push(tmp_path):
     from accelerate import PartialState
 
-    from text_recognition.training import _Pusher
+    from text_recognition.training.hub_push import HubPusher
 
     PartialState()  # the accelerate logger needs it, as in training
     api = StubHubApi(refuse={"best 3"})
-    pusher = _Pusher("acme/run", private=False, api=api)
+    pusher = HubPusher("acme/run", private=False, api=api)
     folder = tmp_path / "best_accuracy"
     folder.mkdir()
     for number in (1, 2, 3):  # three bests while the first upload runs
