@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from dtrb_reference import dtrb_manifest, random_dtrb_state_dict
 from PIL import Image
@@ -17,9 +20,12 @@ from text_recognition.cli import run
 from text_recognition.data.synth import SyntheticWords
 from text_recognition.decoding import DecodingOptions
 from text_recognition.export import (
+    NearTie,
     OnnxExportError,
     OnnxMismatchError,
     OnnxUnavailableError,
+    compare_logits,
+    describe_difference,
     export_onnx,
     load_check_images,
     sidecar_path,
@@ -69,20 +75,30 @@ def perturb_when_exporting(monkeypatch, stage_class: type, delta: float = 0.05) 
     monkeypatch.setattr(stage_class, "forward", forward)
 
 
-# TPS-RCNN-None-CTC amplifies float32 rounding the most: TPS's grid differs from PyTorch's by a few ulps, and the
-# GRCL stack without a BiLSTM after it turns that into 2e-5 to 1.4e-4 on its logits depending on the random weights
-# (see text_recognition/export.py). Seed 1 keeps it at 2.5e-5; the other three stayed below 2e-5 at every seed tried.
+def logit_tolerance(logits: torch.Tensor) -> float:
+    """ATOL relative to the logits' size (at least 1), as verify_onnx's stage check measures rounding.
+
+    TPS's grid differs from PyTorch's by a few ulps, and RCNN without a BiLSTM after it amplifies that to up to 2e-4
+    on logits as large as 30 (measured over seeds 0-9 with AVX2 and AVX-512 kernels): rounding that grows with the
+    values, under 2.5e-5 of their size everywhere, and below ATOL itself for the other models.
+    """
+    return ATOL * max(1.0, float(logits.abs().max()))
+
+
+# Seed 0 for every model: the check must hold for any initialisation on any CPU (AVX2, AVX-512, AMX kernels round
+# differently), not for a seed picked to pass on one. Greedy attention decoding that takes another branch at a
+# near-tie is compared on onnxruntime's own path (export_parity); the images where it did may read differently.
 @pytest.mark.parametrize(
-    ("stages", "seed"),
+    "stages",
     [
-        ("None-VGG-BiLSTM-CTC", 0),
-        pytest.param("TPS-ResNet-BiLSTM-Attn", 0, marks=pytest.mark.slow),
-        pytest.param("TPS-RCNN-None-CTC", 1, marks=pytest.mark.slow),
-        ("None-VGG-None-Attn", 0),
+        "None-VGG-BiLSTM-CTC",
+        pytest.param("TPS-ResNet-BiLSTM-Attn", marks=pytest.mark.slow),
+        pytest.param("TPS-RCNN-None-CTC", marks=pytest.mark.slow),
+        "None-VGG-None-Attn",
     ],
 )
-def test_onnx_round_trip(tmp_path, word_images, stages, seed):
-    model = make_model(stages, seed)
+def test_onnx_round_trip(tmp_path, word_images, stages):
+    model = make_model(stages)
     path = export_onnx(model, tmp_path / f"{stages}.onnx")
     assert path == tmp_path / f"{stages}.onnx" and sidecar_path(path).is_file()
     graph = onnx.load(str(path))
@@ -92,19 +108,32 @@ def test_onnx_round_trip(tmp_path, word_images, stages, seed):
     assert max(entry.version for entry in graph.opset_import if entry.domain in ("", "ai.onnx")) == 17
 
     pixel_values = preprocess(word_images, model.config)
+    with torch.no_grad():
+        atol = logit_tolerance(model(pixel_values))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for batch in (pixel_values[:1], pixel_values):  # one graph, batch 1 and 3
-        onnx_logits = torch.from_numpy(session.run(["logits"], {"pixel_values": batch.numpy()})[0])
-        with torch.no_grad():
-            torch.testing.assert_close(onnx_logits, model(batch), rtol=0, atol=ATOL)
+        onnx_logits = session.run(["logits"], {"pixel_values": batch.numpy()})[0]
+        parity = compare_logits(model, batch, onnx_logits, atol)
+        where = describe_difference(parity, model.tokenizer.tokens, model.config.prediction)
+        assert parity.max_abs_diff <= atol, where
+    assert all(tie.margin <= 2 * atol for tie in parity.near_ties)
 
-    decoded = model.tokenizer.decode_with_confidence(onnx_logits)
+    # Texts agree but where greedy decoding branched at a near-tie; each confidence is a product of at most T
+    # softmax maxima, each of which a logit error of at most atol moves by a factor of at most exp(2 * atol).
+    decoded = model.tokenizer.decode_with_confidence(torch.from_numpy(onnx_logits))
     expected = model.recognize(word_images)
-    assert [text for text, _ in decoded] == [r.text for r in expected]
-    assert [conf for _, conf in decoded] == pytest.approx([r.confidence for r in expected], rel=1e-3)
+    tied = {tie.image for tie in parity.near_ties}
+    steps = onnx_logits.shape[1]
+    for image, ((text, confidence), reading) in enumerate(zip(decoded, expected, strict=True)):
+        if image not in tied:
+            assert text == reading.text
+            assert confidence == pytest.approx(reading.confidence, rel=math.expm1(2 * steps * atol))
 
-    report = verify_onnx(model, path, pixel_values, atol=ATOL)
-    assert report["max_abs_diff"] <= ATOL and report["texts_match"] and report["num_images"] == 3
+    report = verify_onnx(model, path, pixel_values, atol=atol)
+    assert report["max_abs_diff"] <= atol and report["num_images"] == 3
+    ties = [NearTie(**tie) for tie in report["near_ties"]]
+    assert [(t.image, t.step, t.onnx_id) for t in ties] == [(t.image, t.step, t.onnx_id) for t in parity.near_ties]
+    assert report["texts_match"] or report["near_ties"]
     assert report["output_shape"] == list(onnx_logits.shape)
 
 
@@ -164,9 +193,105 @@ def test_mismatch_names_the_feature_extraction(tmp_path, monkeypatch):
         verify_onnx(model, path, load_check_images(model.config, count=2))
     message = str(info.value)
     assert message.startswith(f"ONNX output of {str(path)!r} differs from PyTorch by ")
-    assert "(tolerance 1e-4)" in message and "differs by 5e-2" in message
+    assert "(tolerance 1e-4), first at image " in message and ", column 0, class " in message
+    assert "differs by 5e-2" in message and "near-tie" not in message
     assert info.value.stage == "FeatureExtraction" and info.value.max_abs_diff > ATOL
     assert isinstance(info.value, ValueError)
+
+
+def test_mismatch_in_an_attention_model_is_not_taken_for_a_near_tie(tmp_path, monkeypatch):
+    model = make_model("None-VGG-None-Attn")
+    perturb_when_exporting(monkeypatch, VGG_FeatureExtractor)
+    path = export_onnx(model, tmp_path / "broken.onnx")
+    with pytest.raises(OnnxMismatchError, match=r"first in stage FeatureExtraction \(VGG\)") as info:
+        verify_onnx(model, path, load_check_images(model.config, count=2))
+    assert ", decoding step 0, class " in str(info.value) and "near-tie" not in str(info.value)
+    assert info.value.stage == "FeatureExtraction"
+
+
+TIE = 3e-5  # how far PyTorch's top logit leads its twin: well inside ATOL, far above float32 rounding (~1e-7)
+
+
+class NudgedGenerator(nn.Linear):
+    """The attention generator with one class's logit raised by ``nudge`` inside ONNX graphs only."""
+
+    def __init__(self, generator: nn.Linear, class_id: int, nudge: float) -> None:
+        super().__init__(generator.in_features, generator.out_features)
+        self.load_state_dict(generator.state_dict())
+        self.class_id, self.nudge = class_id, nudge
+
+    def forward(self, x):
+        out = super().forward(x)
+        if torch.onnx.is_in_onnx_export():
+            out = out + self.nudge * F.one_hot(torch.tensor(self.class_id), self.out_features).to(out.dtype)
+        return out
+
+
+def near_tie_model(nudge: float) -> tuple[TextRecognitionModel, torch.Tensor, int, int]:
+    """An attention model whose step 0 on image 0 is a near-tie that its ONNX export resolves the other way.
+
+    Class ``twin`` gets the generator row of PyTorch's choice ``top`` there, with a bias lower by TIE: wherever
+    ``top`` wins in PyTorch, ``twin`` is TIE behind, and the graph, which adds ``nudge`` > TIE to ``twin``'s logit,
+    picks ``twin`` instead and feeds it to the next step. Returns (model, images, top, twin).
+    """
+    model = make_model("None-VGG-None-Attn")
+    images = load_check_images(model.config, count=2)
+    with torch.no_grad():
+        top = int(model(images)[0, 0].argmax())
+        twin = 2 if top != 2 else 3
+        generator = model.Prediction.generator
+        generator.weight[twin] = generator.weight[top]
+        generator.bias[twin] = generator.bias[top] - TIE
+    model.Prediction.generator = NudgedGenerator(generator, twin, nudge)
+    return model, images, top, twin
+
+
+def test_a_greedy_branch_at_a_near_tie_is_accepted(tmp_path):
+    model, images, top, twin = near_tie_model(nudge=2 * TIE)
+    path = export_onnx(model, tmp_path / "tie.onnx")
+    onnx_logits = run_onnxruntime(path, images)
+    with torch.no_grad():
+        greedy_diff = float((onnx_logits - model(images)).abs().max())
+    assert greedy_diff > 100 * ATOL  # greedy against greedy: the paths part after step 0
+
+    report = verify_onnx(model, path, images, atol=ATOL)
+    assert report["max_abs_diff"] <= 2 * TIE + 1e-6  # the nudge itself, plus rounding
+    ties = [NearTie(**tie) for tie in report["near_ties"]]
+    assert (ties[0].image, ties[0].step) == (0, 0) and not report["texts_match"]
+    assert all((t.pytorch_id, t.onnx_id) == (top, twin) and t.margin == pytest.approx(TIE, abs=1e-6) for t in ties)
+
+
+def test_a_greedy_branch_beyond_rounding_is_rejected(tmp_path):
+    model, images, top, twin = near_tie_model(nudge=100 * TIE)  # 3e-3: an export error, even if a small one
+    path = export_onnx(model, tmp_path / "wrong.onnx")
+    with pytest.raises(OnnxMismatchError, match=r"first in stage Prediction \(Attn\)") as info:
+        verify_onnx(model, path, images, atol=ATOL)
+    message = str(info.value)
+    token = model.tokenizer.tokens[twin]
+    assert f", decoding step 0, class {token!r} (id {twin}): onnxruntime " in message and "near-tie" not in message
+    assert info.value.max_abs_diff == pytest.approx(100 * TIE, rel=0.01)
+
+
+def test_compare_logits_tells_a_ctc_near_tie_from_a_real_difference():
+    model = make_model("None-VGG-None-CTC")
+    images = load_check_images(model.config, count=2)
+    with torch.no_grad():
+        top = int(model(images)[1, 5].argmax())
+        twin = 2 if top != 2 else 3
+        head = model.Prediction  # a near-tie of top and twin wherever top wins, as in near_tie_model
+        head.weight[twin], head.bias[twin] = head.weight[top], head.bias[top] - TIE
+        onnx_logits = model(images)
+    onnx_logits[1, 5, twin] += 2 * TIE  # within ATOL: column 5 of image 1 now reads twin
+    onnx_logits[0, 3, 7] += 100 * TIE  # beyond it
+    parity = compare_logits(model, images, onnx_logits.numpy(), ATOL)
+    assert parity.max_abs_diff == pytest.approx(100 * TIE, rel=1e-3)
+    first = parity.first_difference
+    assert (first.image, first.step, first.class_id) == (0, 3, 7)
+    assert [(t.image, t.step, t.pytorch_id, t.onnx_id) for t in parity.near_ties] == [(1, 5, top, twin)]
+    assert parity.near_ties[0].margin == pytest.approx(TIE, abs=1e-6)
+    assert describe_difference(parity, model.tokenizer.tokens, "CTC").startswith(
+        f"first at image 0, column 3, class {model.tokenizer.tokens[7]!r} (id 7): onnxruntime "
+    )
 
 
 @pytest.mark.slow
@@ -273,3 +398,15 @@ def test_script_failed_check_exits_1_with_the_stage(tmp_path, capsys, monkeypatc
     err = capsys.readouterr().err
     assert err.startswith("error: ONNX output of") and "first in stage FeatureExtraction (VGG)" in err
     assert "Traceback" not in err
+
+
+def test_script_lists_a_near_tie(tmp_path, capsys, monkeypatch):
+    model, _, top, twin = near_tie_model(nudge=2 * TIE)
+    script = load_script("export_onnx")
+    monkeypatch.setattr(script, "load_model", lambda *args: model)
+    argv = ["--saved_model", "near-tie", "--output", str(tmp_path / "t.onnx"), "--num_check_images", "2"]
+    assert run(script.main, argv) == 0
+    stdout = capsys.readouterr().out
+    tokens = model.tokenizer.tokens
+    assert "greedy texts DIFFERENT (at a near-tie, listed below)" in stdout
+    assert f"image 0 step 0: PyTorch chose {tokens[top]!r}, onnxruntime {tokens[twin]!r}, 3.0e-05 apart" in stdout

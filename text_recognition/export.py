@@ -18,9 +18,11 @@ favour of the ``torch.export`` one. What DTRB users ran into (DTRB issues #42, #
 - The attention decoder's loop, argmax feedback and ``F.one_hot`` trace as they are (ONNX ``ArgMax`` and
   ``OneHot``); the batch size stays symbolic because the tracer records ``batch_H.size(0)``.
 
-``verify_onnx`` runs the file with onnxruntime on sample images and compares with PyTorch. On a mismatch it exports
-each stage prefix (Transformation; + FeatureExtraction; + pooling and SequenceModeling; the full model) on its own
-and names the first one whose output differs.
+``verify_onnx`` runs the file with onnxruntime on sample images and compares with PyTorch under the rule of
+``export_parity`` (a greedy attention decode that takes another branch at a near-tie is compared on onnxruntime's own
+path, not reported as an error). On a mismatch it names the first image, step and class that differ, exports each
+stage prefix (Transformation; + FeatureExtraction; + pooling and SequenceModeling; the full model) on its own, and
+names the first one whose output differs.
 
 Float32 note: TPS's sampling grid comes out of two small matmuls whose rounding differs between PyTorch and
 onnxruntime by a few ulps (~5e-7 in grid units). ``grid_sample`` turns that into ~3e-5 on sharp images, and a deep
@@ -30,8 +32,8 @@ rounding, not a broken export, and ``verify_onnx``'s error says so when it is th
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import math
 import os
 import tempfile
 import warnings
@@ -39,12 +41,28 @@ from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from .config import ModelConfig
 from .decoding import DecodingOptions
+from .export_parity import (  # noqa: F401  (all of these were defined here before export_parity.py held them)
+    INSTALL_HINT,
+    Difference,
+    NearTie,
+    OnnxMismatchError,
+    OnnxUnavailableError,
+    Parity,
+    _import_onnxruntime,
+    _max_abs_diff,
+    _run_onnx,
+    _scale,
+    _sci,
+    compare_logits,
+    describe_difference,
+    describe_near_ties,
+    reference_prefix,
+)
 from .model import TextRecognitionModel, expected_sequence_length
 from .tokenizer import BLANK_ID, EOS_ID, GO_ID
 
@@ -53,7 +71,6 @@ OUTPUT_NAME = "logits"
 DEFAULT_OPSET = 17
 MIN_OPSET_TPS = 16  # ONNX GridSample
 SIDECAR_FORMAT_VERSION = 1
-INSTALL_HINT = "pip install 'text_recognition[onnx]'"
 
 # The stage prefixes verify_onnx exports on their own to find a faulty stage, in model order.
 STAGES = ("Transformation", "FeatureExtraction", "SequenceModeling", "Prediction")
@@ -69,34 +86,12 @@ _STAGE_HINTS = {
     "fiducial-point matmuls",
     "FeatureExtraction": "the CNN's convolutions, max-pools or eval-mode BatchNorms",
     "SequenceModeling": "the height mean that stands in for AdaptiveAvgPool2d((None, 1)), or the bidirectional LSTMs",
-    "Prediction": "the head (for Attn, one flipped greedy argmax changes every later step)",
+    "Prediction": "the head (for Attn: the attention cell, the generator, or the argmax fed back as a one-hot)",
 }
-
-
-class OnnxUnavailableError(ImportError, ValueError):
-    """``onnx`` or ``onnxruntime`` is not installed.
-
-    Also a ``ValueError``, so that ``text_recognition.cli.run`` reports it in one line instead of a traceback.
-    """
 
 
 class OnnxExportError(ValueError):
     """The model, or one of its stages, does not export to ONNX with the requested options."""
-
-
-class OnnxMismatchError(ValueError):
-    """onnxruntime's logits differ from PyTorch's beyond the tolerance.
-
-    Attributes:
-        max_abs_diff: the largest absolute difference of the logits (``inf`` when the shapes differ).
-        stage: the first stage whose own ONNX graph differs (one of ``STAGES``), or ``None`` when no stage does
-            (rounding amplified through the model, or a file exported from other weights; the message says which).
-    """
-
-    def __init__(self, message: str, max_abs_diff: float, stage: str | None) -> None:
-        super().__init__(message)
-        self.max_abs_diff = max_abs_diff
-        self.stage = stage
 
 
 def _import_onnx():
@@ -107,16 +102,6 @@ def _import_onnx():
             f"Exporting to ONNX needs the onnx package, which is not installed: {INSTALL_HINT}"
         ) from None
     return onnx
-
-
-def _import_onnxruntime():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise OnnxUnavailableError(
-            f"Checking an ONNX export needs onnxruntime, which is not installed: {INSTALL_HINT}"
-        ) from None
-    return onnxruntime
 
 
 class OnnxExportModule(nn.Module):
@@ -151,18 +136,6 @@ class OnnxExportModule(nn.Module):
         if self.until == "SequenceModeling":
             return x
         return self.model.Prediction(x)  # [B, T, num_class]; Attn: greedy over batch_max_length + 1 steps
-
-
-def reference_prefix(model: TextRecognitionModel, pixel_values: torch.Tensor, until: str) -> torch.Tensor:
-    """What the model itself (not its export view) computes up to the end of stage ``until``."""
-    x = model.Transformation(pixel_values)
-    if until == "Transformation":
-        return x
-    if until == "FeatureExtraction":
-        return model.FeatureExtraction(x)
-    if until == "SequenceModeling":
-        return model.encode(pixel_values)
-    return model(pixel_values)
 
 
 def sidecar_path(path: str | os.PathLike) -> Path:
@@ -219,14 +192,6 @@ def _stage_label(config: ModelConfig, stage: str) -> str:
 def _stages_to_check(config: ModelConfig) -> list[str]:
     """Stage prefixes worth exporting on their own: an identity Transformation has nothing to get wrong."""
     return [stage for stage in STAGES if not (stage == "Transformation" and config.transformation == "None")]
-
-
-def _sci(value: float) -> str:
-    """Short scientific notation for messages: 0.032 -> '3.2e-2', 1e-4 -> '1e-4', 1.2 -> '1.2e0'."""
-    if not math.isfinite(value):
-        return str(value)
-    mantissa, exponent = f"{value:.1e}".split("e")
-    return f"{mantissa.removesuffix('.0')}e{int(exponent)}"
 
 
 def export_onnx(
@@ -383,36 +348,6 @@ def load_check_images(config: ModelConfig, folder: str | os.PathLike | None = No
     return preprocess(paths[:count], config)
 
 
-def _run_onnx(path: str | os.PathLike, pixel_values: torch.Tensor) -> np.ndarray:
-    """onnxruntime (CPUExecutionProvider) on ``pixel_values`` [B, C, H, W]; the graph's first output."""
-    ort = _import_onnxruntime()
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only
-    try:
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        feeds = {session.get_inputs()[0].name: pixel_values.detach().cpu().float().numpy()}
-        return session.run(None, feeds)[0]
-    except Exception as error:  # onnxruntime raises its own pybind11 exception types
-        text = str(error).strip()
-        first_line = text.splitlines()[0] if text else repr(error)
-        raise ValueError(f"onnxruntime cannot run {os.fspath(path)!r}: {first_line}") from None
-
-
-def _max_abs_diff(actual: np.ndarray, expected: torch.Tensor) -> float:
-    reference = expected.detach().cpu().double().numpy()
-    if actual.shape != reference.shape:
-        return math.inf
-    if not actual.size:
-        return 0.0
-    diff = np.abs(actual.astype(np.float64) - reference)
-    return float(np.nan_to_num(diff, nan=np.inf).max())
-
-
-def _scale(expected: torch.Tensor) -> float:
-    """The magnitude a stage's differences are measured against: max |output|, at least 1."""
-    return max(1.0, float(expected.detach().abs().max())) if expected.numel() else 1.0
-
-
 def _opset_of(path: Path) -> int:
     onnx = _import_onnx()
     graph = onnx.load(str(path), load_external_data=False)
@@ -425,7 +360,8 @@ def _diagnose(
     """Export each stage prefix on its own; return (the first stage beyond tolerance or None, what was found).
 
     A stage prefix fails when its ONNX output differs from PyTorch's by more than ``atol`` times the magnitude of
-    that output (at least 1): a 1e-3 difference on ResNet features as large as 200 is rounding, not a bug.
+    that output (at least 1): a 1e-3 difference on ResNet features as large as 200 is rounding, not a bug. The full
+    model is compared under ``compare_logits``'s rule, so a greedy branch at a near-tie is not a difference.
     """
     config = model.config
     checked: list[tuple[str, float, float]] = []  # (stage, max abs diff, scale)
@@ -438,7 +374,11 @@ def _diagnose(
                 return stage, f"{_stage_label(config, stage)}: it does not export on its own ({type(error).__name__})"
             with torch.no_grad():
                 expected = reference_prefix(model, pixel_values, stage)
-            diff, scale = _max_abs_diff(_run_onnx(stage_path, pixel_values), expected), _scale(expected)
+            actual, scale = _run_onnx(stage_path, pixel_values), _scale(expected)
+            if stage == "Prediction":
+                diff = compare_logits(model, pixel_values, actual, atol * scale).max_abs_diff
+            else:
+                diff = _max_abs_diff(actual, expected)
             if not diff <= atol * scale:
                 before = ""
                 if checked:
@@ -469,6 +409,10 @@ def verify_onnx(
 ) -> dict[str, Any]:
     """Run the exported graph with onnxruntime on ``images`` and compare its logits with PyTorch's.
 
+    The rule is ``export_parity.compare_logits``'s: every logit within ``atol`` of PyTorch's, where for attention an
+    image whose greedy decoding took another branch at a near-tie (the two logits within ``2 * atol``) is compared,
+    after that step, with PyTorch teacher-forced on onnxruntime's own symbols.
+
     Args:
         model: the exported model (any device or dtype; a float32 CPU copy is compared).
         path: the ``.onnx`` file.
@@ -477,13 +421,15 @@ def verify_onnx(
         atol: the largest absolute difference of the logits accepted.
 
     Returns:
-        ``{"max_abs_diff", "atol", "num_images", "output_shape", "texts_match", "path"}``; ``texts_match`` says
-        whether greedy decoding of both logits gives the same texts.
+        ``{"max_abs_diff", "atol", "num_images", "output_shape", "texts_match", "near_ties", "path"}``;
+        ``texts_match`` says whether greedy decoding of both logits gives the same texts; ``near_ties`` lists, as
+        dicts of ``NearTie``'s fields, each image's step where the greedy symbols differ within rounding.
 
     Raises:
         OnnxUnavailableError: ``onnx`` or ``onnxruntime`` is not installed.
-        OnnxMismatchError: (a ``ValueError``) the logits differ beyond ``atol``. The message names the first stage
-            whose own ONNX graph differs, found by exporting each stage prefix into a temporary folder.
+        OnnxMismatchError: (a ``ValueError``) the logits differ beyond ``atol``. The message names the first image,
+            step and class beyond it, and the first stage whose own ONNX graph differs, found by exporting each
+            stage prefix into a temporary folder.
         ValueError: ``images`` do not have the model's input shape, or onnxruntime cannot run the file.
         FileNotFoundError: no file at ``path``.
     """
@@ -503,19 +449,22 @@ def verify_onnx(
         raise ValueError("verify_onnx needs at least one image.")
     model = _export_copy(model)
     pixel_values = images.detach().cpu().float()
-    with torch.no_grad():
-        expected = model(pixel_values)
     actual = _run_onnx(path, pixel_values)
-    diff = _max_abs_diff(actual, expected)
+    parity = compare_logits(model, pixel_values, actual, atol)
+    expected, diff = parity.pytorch_logits, parity.max_abs_diff
+    tokens = model.tokenizer.tokens
+    ties = describe_near_ties(parity, tokens, config.prediction, atol)
     if not diff <= atol:
         stage, detail = _diagnose(model, pixel_values, _opset_of(path), atol)
         if actual.shape == tuple(expected.shape):
             how = f"by {_sci(diff)}"
         else:
             how = f"in shape ({list(actual.shape)} instead of {list(expected.shape)})"
-        where = "first in stage " if stage else "but "
+        first = describe_difference(parity, tokens, config.prediction)
+        where = "it differs first in stage " if stage else ""
         raise OnnxMismatchError(
-            f"ONNX output of {str(path)!r} differs from PyTorch {how} (tolerance {_sci(atol)}), {where}{detail}.",
+            f"ONNX output of {str(path)!r} differs from PyTorch {how} (tolerance {_sci(atol)})"
+            f"{', ' + first if first else ''}. Stage by stage, {where}{detail}.{' ' + ties if ties else ''}",
             diff,
             stage,
         )
@@ -527,5 +476,6 @@ def verify_onnx(
         "num_images": int(pixel_values.size(0)),
         "output_shape": list(actual.shape),
         "texts_match": texts_match,
+        "near_ties": [dataclasses.asdict(tie) for tie in parity.near_ties],
         "path": str(path),
     }
