@@ -17,7 +17,7 @@ $(PY):
 # A user who already has a (CUDA) torch in .venv keeps it.
 $(STAMP): $(PY) pyproject.toml
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e ".[test,tensorboard]"
+	$(PIP) install --quiet -e ".[test,synth,tensorboard]"
 	touch $(STAMP)
 
 install: $(STAMP)

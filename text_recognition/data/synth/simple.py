@@ -1,4 +1,6 @@
-"""Synthetic word images rendered with Pillow, for smoke tests, tutorials and quick CPU training runs.
+"""The simple synthetic word generator: random strings or a word list, one font family, flat backgrounds, mild
+distortions. Fast, for smoke tests, tutorials and quick CPU runs (``RealisticWords`` is the engine that transfers to
+real photographs).
 
 Sample ``i`` depends only on ``(seed, i)``, so a set can be regenerated, resumed or split across processes and give
 the same bytes (with the same Pillow, FreeType, zlib and NumPy). The label is exactly the rendered text. Samples
@@ -8,38 +10,25 @@ are written in DTRB's LMDB format (``write_lmdb``) or as a ``datasets.Dataset`` 
 from __future__ import annotations
 
 import hashlib
-import itertools
-import json
 import os
-import tempfile
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from io import BytesIO
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
-import PIL
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from ..config import CHARSET_36, CHARSET_PRESETS
-from ..progress import progress as progress_bar
-from .lmdb import write_lmdb
-
-if TYPE_CHECKING:
-    import datasets
+from ...config import CHARSET_36, CHARSET_PRESETS
+from .writer import IMAGE_FORMATS, SampleWriter, files_fingerprint
 
 FontType = ImageFont.FreeTypeFont | ImageFont.ImageFont
 
 CASES = ("as_is", "lower", "upper", "mixed")
-IMAGE_FORMATS = ("PNG", "JPEG")
 FONT_SUFFIXES = (".ttf", ".otf")
-_JPEG_QUALITY = 90
 _PADDING = (1, 4)  # pixels on each side, at the font's size, before scaling to ``height``
 _LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R 601-2, as Image.convert("L")
 # Bump when a change to the renderer changes the images, so ``to_dataset`` never reuses a stale cache.
 _RENDERER_VERSION = 1
-
 
 
 def _checked_settings(charset, min_length, max_length, height, min_contrast, seed, font_size, rotation, blur, noise,
@@ -58,9 +47,7 @@ def _checked_settings(charset, min_length, max_length, height, min_contrast, see
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
             raise ValueError(f"{name} must be an integer, got {value!r}.")
     if min_length < 1 or min_length > max_length:
-        raise ValueError(
-            f"Need 1 <= min_length <= max_length, got min_length={min_length}, max_length={max_length}."
-        )
+        raise ValueError(f"Need 1 <= min_length <= max_length, got min_length={min_length}, max_length={max_length}.")
     if height <= 0:
         raise ValueError(f"height must be positive, got {height}.")
     if seed < 0:
@@ -85,7 +72,7 @@ def _checked_settings(charset, min_length, max_length, height, min_contrast, see
     return charset
 
 
-class SyntheticWords:
+class SyntheticWords(SampleWriter):
     """A deterministic generator of ``(word image, label)`` samples.
 
     Each sample draws a label (a random string from ``charset``, or a word from ``words``), a font and size, a
@@ -145,8 +132,20 @@ class SyntheticWords:
         image_format: str = "PNG",
         seed: int = 0,
     ) -> None:
-        charset = _checked_settings(charset, min_length, max_length, height, min_contrast, seed, font_size, rotation,
-                                    blur, noise, case, image_format)
+        charset = _checked_settings(
+            charset,
+            min_length,
+            max_length,
+            height,
+            min_contrast,
+            seed,
+            font_size,
+            rotation,
+            blur,
+            noise,
+            case,
+            image_format,
+        )
 
         self.charset = charset
         self.min_length = int(min_length)
@@ -255,120 +254,13 @@ class SyntheticWords:
             image = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
         return image, label
 
-    def encoded(self, index: int) -> tuple[bytes, str]:
-        """Sample ``index`` as ``(image bytes in image_format, label)``, ready for an LMDB or a dataset."""
-        image, label = self.render(index)
-        buffer = BytesIO()
-        if self.image_format == "JPEG":
-            image.save(buffer, format="JPEG", quality=_JPEG_QUALITY)
-        else:
-            image.save(buffer, format="PNG")
-        return buffer.getvalue(), label
-
-    def generate(self, count: int, start: int = 0) -> Iterator[tuple[bytes, str]]:
-        """Samples ``start`` to ``start + count - 1`` as ``(image bytes, label)``."""
-        if count < 0 or start < 0:  # checked here, not at the first ``next``
-            raise ValueError(f"count and start must be non-negative, got count={count}, start={start}.")
-        return map(self.encoded, range(start, start + count))
-
-    def __iter__(self) -> Iterator[tuple[bytes, str]]:
-        """Every sample from index 0 on, without end: ``itertools.islice(synth, n)`` takes the first ``n``."""
-        for index in itertools.count():
-            yield self.encoded(index)
-
-    # ------------------------------------------------------------------------------------------------ writing
-
-    def write_lmdb(self, path: str | os.PathLike, count: int, progress: bool = True) -> int:
-        """Write samples ``0`` to ``count - 1`` to a new DTRB-format LMDB at ``path``.
-
-        Args:
-            path: the LMDB folder (created).
-            count: number of samples.
-            progress: show a progress bar on stderr.
-
-        Returns:
-            The number of samples written.
-
-        Raises:
-            FileExistsError: if ``path`` already holds an LMDB.
-        """
-        samples = progress_bar(self.generate(count), total=count, disable=not progress, desc="rendering",
-                               unit=" images")  # fmt: skip
-        return write_lmdb(samples, path)
-
-    def to_dataset(self, count: int, cache_dir: str | os.PathLike | None = None) -> datasets.Dataset:
-        """Samples ``0`` to ``count - 1`` as a ``datasets.Dataset`` with ``image`` (encoded bytes, stored as they
-        are) and ``label`` columns.
-
-        Args:
-            count: number of samples.
-            cache_dir: where the Arrow file is written (default: the ``datasets`` cache). The cache key is derived
-                from every setting, the renderer version and the Pillow and NumPy versions, never from the
-                function alone, so different settings never reuse a stale cache.
-        """
-        import datasets
-
-        from .datasets import FEATURES  # here: ``datasets`` is slow to import, and write_lmdb needs none of it
-
-        if count < 0:
-            raise ValueError(f"count must be non-negative, got {count}.")
-        return datasets.Dataset.from_generator(
-            _dataset_examples,
-            features=FEATURES,
-            cache_dir=None if cache_dir is None else os.fspath(cache_dir),
-            gen_kwargs={"synth": self, "count": count},
-            fingerprint=self._fingerprint(count),
-        )
-
-    def save_dataset(self, path: str | os.PathLike, count: int) -> None:
-        """``to_dataset(count)`` saved with ``save_to_disk`` at ``path``, without leaving a copy in the cache.
-
-        Raises:
-            FileExistsError: if ``path`` exists and is not an empty folder.
-        """
-        path = Path(path)
-        if path.exists() and (not path.is_dir() or any(path.iterdir())):
-            raise FileExistsError(f"{str(path)!r} already exists and is not empty; choose another path or delete it.")
-        with tempfile.TemporaryDirectory(prefix="synth_cache_", ignore_cleanup_errors=True) as cache_dir:
-            dataset = self.to_dataset(count, cache_dir=cache_dir)
-            dataset.save_to_disk(os.fspath(path))
-            del dataset  # release the memory map before the cache is deleted
-
-    def write_folder(self, path: str | os.PathLike, count: int, progress: bool = True) -> int:
-        """Write ``count`` image files and a DTRB gt file (``gt.txt``: ``<file>\t<label>`` per line) into ``path``,
-        the input format of ``scripts/create_lmdb_dataset.py``.
-
-        Raises:
-            FileExistsError: if ``path`` exists and is not an empty folder.
-        """
-        path = Path(path)
-        if path.exists() and (not path.is_dir() or any(path.iterdir())):
-            raise FileExistsError(f"{str(path)!r} already exists and is not empty; choose another path or delete it.")
-        (path / "images").mkdir(parents=True)
-        suffix = ".jpg" if self.image_format == "JPEG" else ".png"
-        lines = []
-        for index, (data, label) in enumerate(
-            progress_bar(self.generate(count), total=count, desc="rendering", unit=" images", disable=not progress)
-        ):
-            name = f"images/word_{index + 1:06d}{suffix}"
-            (path / name).write_bytes(data)
-            lines.append(f"{name}\t{label}\n")
-        (path / "gt.txt").write_text("".join(lines), encoding="utf-8")
-        return count
-
-    def _fingerprint(self, count: int) -> str:
-        fonts = None
-        if self.fonts is not None:
-            fonts = [(os.fspath(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in self.fonts]
-        settings = {
+    def _fingerprint_settings(self) -> dict:
+        return {
             **{k: v for k, v in vars(self).items() if not k.startswith("_") and k not in ("fonts", "words")},
             "words": None if self.words is None else hashlib.sha256("\n".join(self.words).encode()).hexdigest(),
-            "fonts": fonts,
-            "count": count,
-            "versions": [_RENDERER_VERSION, PIL.__version__, np.__version__],
+            "fonts": None if self.fonts is None else files_fingerprint(self.fonts),
+            "renderer_version": _RENDERER_VERSION,
         }
-        digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
-        return f"synthetic-words-{digest[:32]}"
 
     # ------------------------------------------------------------------------------------------- validation
 
@@ -401,11 +293,6 @@ class SyntheticWords:
         settings = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_") and k != "words")
         words = "" if self.words is None else f", words=<{len(self.words)} words>"
         return f"{type(self).__name__}({settings}{words})"
-
-
-def _dataset_examples(synth: SyntheticWords, count: int) -> Iterator[dict]:
-    for image, label in synth.generate(count):
-        yield {"image": {"bytes": image, "path": None}, "label": label}
 
 
 def _check_words(words: Sequence[str], charset: str) -> list[str]:
