@@ -285,6 +285,8 @@ def _config_value(action: argparse.Action, key: str, value: Any, path: str) -> A
         raise ValueError(f"--config {path!r}: {key} is a switch and takes true or false, got {value!r}.")
     if value is None or action.type is None:
         return value
+    if action.dest == "synth" and isinstance(value, dict):  # the engine's options, written as a mapping
+        return json.dumps(value, sort_keys=True)
     if isinstance(value, bool) or isinstance(value, (list, dict)):
         raise ValueError(f"--config {path!r}: {key} takes a {action.type.__name__}, got {value!r}.")
     try:

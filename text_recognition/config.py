@@ -248,6 +248,7 @@ def parse_stage_names(text: str | Sequence[str]) -> list[str]:
     return list(dict.fromkeys(by_key[name.strip().lower()] for name in names))
 
 
+SYNTH_TOKEN = "synth"  # the select_data token of the synthetic engine (data/synth_source.py)
 DEFAULT_SHUFFLE_BLOCK = 2000  # --shuffle_block: samples of a stream shuffled together
 
 
@@ -271,13 +272,32 @@ class DataConfig:
                                          "files) instead of reading it whole; filtered on the fly, exactly resumable")
     shuffle_block: int = option(DEFAULT_SHUFFLE_BLOCK,
                                 help="with --streaming: consecutive samples shuffled together (one block)")
+    synth: str = option("", help="options of the synthetic engine (the select_data token 'synth'): a YAML/JSON file "
+                                 "or inline JSON, e.g. '{\"languages\": [\"en\", \"de\"]}'")
+    synth_valid_samples: int = option(1000, help="without --valid_data: held-out synthetic samples to validate on "
+                                                 "(the select_data token 'synth' needed)")
 
     def __post_init__(self) -> None:
-        if not self.train_data:
-            raise ValueError("--train_data is required: a folder of LMDBs or datasets folders, or a Hub dataset id.")
-        if not self.valid_data:
-            raise ValueError("--valid_data is required: a folder of LMDBs or datasets folders, or a Hub dataset id.")
-        parse_batch_ratio(self.batch_ratio, len(parse_select_data(self.select_data)))
+        tokens = parse_select_data(self.select_data)
+        synthetic = SYNTH_TOKEN in tokens
+        if not self.train_data and not all(token == SYNTH_TOKEN for token in tokens):
+            raise ValueError("--train_data is required: a folder of LMDBs or datasets folders, or a Hub dataset id "
+                             "(only --select_data synth, the synthetic engine alone, needs none).")  # fmt: skip
+        if not self.valid_data and not synthetic:
+            raise ValueError("--valid_data is required: a folder of LMDBs or datasets folders, or a Hub dataset id "
+                             "(with --select_data synth, held-out synthetic samples are the default).")  # fmt: skip
+        parse_batch_ratio(self.batch_ratio, len(tokens))
+        if self.synth and not synthetic:
+            raise ValueError("--synth sets the synthetic engine's options, but --select_data has no 'synth' token: "
+                             "add it (e.g. --select_data synth-MJ --batch_ratio 0.5-0.5) or leave --synth out.")
+        if self.synth_valid_samples < 1:
+            raise ValueError(f"--synth_valid_samples must be at least 1, got {self.synth_valid_samples}.")
+        if self.synth_valid_samples != 1000 and (self.valid_data or not synthetic):
+            raise ValueError("--synth_valid_samples sizes the held-out synthetic validation, which is used only "
+                             "with --select_data synth and no --valid_data; leave it out.")  # fmt: skip
+        if synthetic and self.streaming:
+            raise ValueError("--streaming reads stored datasets; the synthetic source (select_data 'synth') is "
+                             "rendered on the fly and is not streamed: leave out --streaming, or 'synth'.")  # fmt: skip
         self.total_data_usage_ratio = float(self.total_data_usage_ratio)
         if not 0 < self.total_data_usage_ratio <= 1:
             raise ValueError(f"total_data_usage_ratio must be in (0, 1], got {self.total_data_usage_ratio}.")

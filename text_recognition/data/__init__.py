@@ -1,5 +1,6 @@
 """Data: DTRB LMDBs and image folders as Hugging Face datasets, DTRB's label filtering, exact batch mixing,
-AlignCollate, streamed datasets and a synthetic word generator."""
+AlignCollate, streamed datasets, and synthetic word generators (a realistic engine that trains on the fly as the
+``select_data`` token ``synth``)."""
 
 from .collate import AlignCollate, SkipTracker, TextCollator
 from .datasets import (
@@ -14,7 +15,8 @@ from .labels import LabelRules
 from .lmdb import LmdbReader, find_sources, write_lmdb
 from .loaders import TextData, build_eval_data, build_stream_train_data, build_train_data
 from .streaming import StreamBatchSampler, stream_sources, write_parquet_repo
-from .synth import SyntheticWords
+from .synth import RealisticWords, SyntheticWords
+from .synth_source import SYNTH, SynthSource
 from .mixing import BatchBalancedSampler, MixedSources, parse_batch_ratio, parse_select_data, source_batch_sizes
 
 __all__ = [
@@ -25,6 +27,9 @@ __all__ = [
     "MixedSources",
     "SkipTracker",
     "StreamBatchSampler",
+    "RealisticWords",
+    "SYNTH",
+    "SynthSource",
     "SyntheticWords",
     "TextCollator",
     "TextData",

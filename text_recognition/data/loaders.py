@@ -23,6 +23,7 @@ from .lmdb import LmdbReader, is_lmdb
 from .lmdb_index import LabelScan, LmdbSource, cached_scan
 from .mixing import BatchBalancedSampler, MixedSources, parse_batch_ratio, parse_select_data, source_batch_sizes
 from .streaming import StreamBatchSampler, StreamRows, TokenStream, stream_sources
+from .synth_source import ENDLESS, SYNTH, VALID_SEED_OFFSET, SynthSource, engine_options
 
 logger = logging.getLogger(__name__)
 
@@ -145,10 +146,12 @@ def build_train_data(
     world_size: int = 1,
     start_iteration: int = 0,
     augment: TextAugment | None = None,
+    synth: dict | None = None,
 ) -> TextData:
     """DTRB's Batch_Balanced_Dataset: for each ``select_data`` token, the sources whose name starts with it, filtered
     and concatenated, of which the first ``int(total * total_data_usage_ratio)`` samples are used; each batch holds
-    ``max(round(batch_size * ratio), 1)`` samples of each.
+    ``max(round(batch_size * ratio), 1)`` samples of each. The token ``synth`` is the synthetic engine (options
+    ``synth``, seeded by ``seed``), rendered on the fly, endless and read in order (``data/synth_source.py``).
 
     Raises:
         FileNotFoundError: ``train_data`` missing, or a token matching no source (the error lists what exists).
@@ -163,7 +166,10 @@ def build_train_data(
     log = [DASHED, f"dataset_root: {train_data}", f"opt.select_data: {tokens}", f"opt.batch_ratio: {ratios}", DASHED]
     members, group_sizes, all_counts = [], [], {}
     for token, ratio, per_batch in zip(tokens, ratios, counts_per_batch):
-        group = _source_group(train_data, token, config, data_filtering_off, float(total_data_usage_ratio))
+        if token == SYNTH:
+            group = _synth_group(config, synth or {}, seed)
+        else:
+            group = _source_group(train_data, token, config, data_filtering_off, float(total_data_usage_ratio))
         members += group.members
         group_sizes.append(group.used)
         all_counts.update(group.counts)
@@ -175,7 +181,8 @@ def build_train_data(
     log.append(DASHED)
 
     sampler = BatchBalancedSampler(group_sizes, counts_per_batch, seed=seed, rank=rank, world_size=world_size,
-                                   start_iteration=start_iteration, tag_draws=augment is not None)  # fmt: skip
+                                   start_iteration=start_iteration, tag_draws=augment is not None,
+                                   in_order=[token == SYNTH for token in tokens])  # fmt: skip
     return TextData(
         dataset=MixedSources(members),
         collator=TextCollator(config, data_filtering_off, augment),
@@ -267,6 +274,25 @@ def _source_group(
         remaining -= take
     log.append(f"num total samples of {token}: {total} x {usage} (total_data_usage_ratio) = {used}")
     return _SourceGroup(members, used, counts, log)
+
+
+def _synth_group(config: ModelConfig, options: dict, seed: int) -> _SourceGroup:
+    """The synthetic engine as one endless source."""
+    source = SynthSource(engine_options(options, config, seed))
+    log = [f"dataset: {SYNTH}\t rendered on the fly, endless, in order (no filtering: labels fit by construction)",
+           f"synthetic engine options: {source.describe()}"]  # fmt: skip
+    return _SourceGroup([(SYNTH, source, ENDLESS, None)], ENDLESS, {}, log)
+
+
+def build_synth_eval_data(config: ModelConfig, synth: dict | None, seed: int, num_samples: int) -> TextData:
+    """Held-out synthetic validation: ``num_samples`` samples of the engine seeded ``seed + VALID_SEED_OFFSET`` (never
+    a training sample's seed stream), rendered anew at each validation."""
+    options = engine_options(synth or {}, config, seed + VALID_SEED_OFFSET)
+    source = SynthSource(options, num_samples)
+    log = (f"dataset: {SYNTH} (held out)\t {num_samples} samples rendered with seed {options['seed']}\n"
+           f"synthetic engine options: {source.describe()}\n")  # fmt: skip
+    return TextData(dataset=MixedSources([(SYNTH, source, num_samples, None)]), collator=TextCollator(config),
+                    log=log, counts={})  # fmt: skip
 
 
 def build_eval_data(

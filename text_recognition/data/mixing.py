@@ -40,6 +40,8 @@ class BatchBalancedSampler(Sampler[list[int]]):
         num_batches: stop after this many batches (``None``: endless, as training by iteration needs).
         tag_draws: yield ``(iteration, index)`` pairs instead of indices, so that ``MixedSources`` tags each row
             with the iteration that drew it (``"draw"``): what augmentation seeds itself with.
+        in_order: per source, True to read it in order instead of shuffled (the synthetic source, whose samples
+            are random draws already and whose size is too large to permute); default all False.
     """
 
     def __init__(
@@ -52,6 +54,7 @@ class BatchBalancedSampler(Sampler[list[int]]):
         start_iteration: int = 0,
         num_batches: int | None = None,
         tag_draws: bool = False,
+        in_order: Sequence[bool] | None = None,
     ) -> None:
         if len(sizes) != len(counts) or not sizes:
             raise ValueError(f"sizes and counts must have one entry per source, got {list(sizes)} and {list(counts)}.")
@@ -68,6 +71,9 @@ class BatchBalancedSampler(Sampler[list[int]]):
         self.iteration = start_iteration
         self.num_batches = num_batches
         self.tag_draws = tag_draws
+        self.in_order = [bool(flag) for flag in in_order] if in_order is not None else [False] * len(self.sizes)
+        if len(self.in_order) != len(self.sizes):
+            raise ValueError(f"in_order must have one entry per source, got {list(in_order)} for {len(self.sizes)}.")
         self._perm_cache: dict[tuple[int, int], np.ndarray] = {}
 
     @property
@@ -91,6 +97,9 @@ class BatchBalancedSampler(Sampler[list[int]]):
     def _take(self, source: int, start: int, count: int) -> np.ndarray:
         """``count`` indices of the source's endless stream from stream position ``start`` (an int64 array)."""
         size = self.sizes[source]
+        if self.in_order[source]:
+            positions = np.arange(start, start + count, dtype=np.int64) % size
+            return self.offsets[source] + positions
         parts = []
         while count:
             epoch, offset = divmod(start, size)

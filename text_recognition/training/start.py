@@ -17,7 +17,8 @@ from torch.utils.data import DataLoader
 from ..augment import TextAugment
 from ..checkpoints import check_state_dict, read_dtrb_state_dict
 from ..config import DataConfig, ModelConfig, TrainConfig, parse_select_data
-from ..data.loaders import build_eval_data, build_stream_train_data, build_train_data
+from ..data.loaders import build_eval_data, build_stream_train_data, build_synth_eval_data, build_train_data
+from ..data.synth_source import SYNTH, synth_options
 from ..fastpath import compile_encoder
 from ..model import TextRecognitionModel, load_model
 from .distributed import main_process_first, main_reports
@@ -180,9 +181,14 @@ def build_data(run: Run) -> None:
                 batch_size=train_config.batch_size, data_filtering_off=data_config.data_filtering_off,
                 seed=train_config.seed, rank=accelerator.process_index, world_size=accelerator.num_processes,
                 start_iteration=run.state.iteration * train_config.gradient_accumulation_steps, augment=augment,
+                synth=synth_options(data_config.synth),
             )  # fmt: skip
-        run.valid_data = build_eval_data(data_config.valid_data, run.model_config,
-                                         data_filtering_off=data_config.data_filtering_off)  # fmt: skip
+        if data_config.valid_data:
+            run.valid_data = build_eval_data(data_config.valid_data, run.model_config,
+                                             data_filtering_off=data_config.data_filtering_off)  # fmt: skip
+        else:  # --select_data synth without --valid_data: held-out synthetic samples
+            run.valid_data = build_synth_eval_data(run.model_config, synth_options(data_config.synth),
+                                                   train_config.seed, data_config.synth_valid_samples)  # fmt: skip
 
     main_process_first(accelerator, build)
     loader = DataLoader(run.train_data.dataset, batch_sampler=run.train_data.sampler,
@@ -247,6 +253,9 @@ def label_audit(run: Run) -> str:
                 f"scripts/audit_dataset.py on it for the whole picture.")
     parts = ["label audit (scripts/audit_dataset.py; add --images there for sizes, corrupt images, duplicates):"]
     for token in parse_select_data(data_config.select_data):
+        if token == SYNTH:
+            parts.append(f"select_data {SYNTH}: rendered on the fly; its labels fit the charset by construction")
+            continue
         report = audit(data_config.train_data, run.model_config, select_data=token,
                        data_filtering_off=data_config.data_filtering_off, show_progress=False)  # fmt: skip
         parts.append(f"select_data {token}:\n{report.label_table()}")
@@ -256,4 +265,9 @@ def label_audit(run: Run) -> str:
 def training_samples(run: Run) -> str:
     """The training sample count as shown at start (a stream's is not known)."""
     dataset = run.train_data.dataset
-    return f"{len(dataset):,}" if hasattr(dataset, "__len__") else "streamed"
+    if not hasattr(dataset, "__len__"):
+        return "streamed"
+    if SYNTH in dataset.names:
+        stored = sum(size for name, size in zip(dataset.names, dataset.sizes) if name != SYNTH)
+        return f"endless synthetic + {stored:,} stored" if stored else "endless synthetic"
+    return f"{len(dataset):,}"
