@@ -23,13 +23,13 @@ CONFIG = ModelConfig("None", "VGG", "BiLSTM", "CTC", output_channel=32, hidden_s
 SMALL = {"lexicon_size": 2000}  # a small lexicon: quick to build in every test process
 
 
-def synth_args(data, run_dir, *extra):
+def synth_args(data, run_dir, *extra):  # noqa: F811
     return ["--train_data", str(data / "train"), "--select_data", "synth-MJ", "--batch_ratio", "0.5-0.5",
             "--synth", json.dumps(SMALL), "--batch_size", "8", "--workers", "1", "--output_dir", str(run_dir),
             "--exp_name", "run", "--report_to", "none", *TINY_CTC, *extra]  # fmt: skip
 
 
-def test_the_synth_token_mixes_exactly_and_renders_the_rows(data):
+def test_the_synth_token_mixes_exactly_and_renders_the_rows(data):  # noqa: F811
     train = build_train_data(data / "train", CONFIG, select_data="synth-MJ", batch_ratio="0.25-0.75", batch_size=8,
                              seed=3, synth=SMALL)  # fmt: skip
     assert train.batch_sizes == [2, 6]
