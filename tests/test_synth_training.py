@@ -44,6 +44,18 @@ def test_the_synth_token_mixes_exactly_and_renders_the_rows(data):  # noqa: F811
     assert "synthetic engine options" in train.log and '"seed": 3' in train.log
 
 
+def test_stored_sources_named_synth_are_still_trained_on_with_a_warning(tmp_path, caplog):
+    from text_recognition.data import SyntheticWords
+
+    SyntheticWords(max_length=6, seed=0).write_lmdb(tmp_path / "train" / "synth", 20, progress=False)
+    with caplog.at_level("WARNING", logger="text_recognition.data.loaders"):
+        train = build_train_data(tmp_path / "train", CONFIG, select_data="synth", batch_ratio="1", batch_size=4)
+    assert train.dataset.sizes == [20] and not train.sampler.in_order[0]  # the LMDB, not the engine
+    assert "not the synthetic engine" in caplog.text
+    with pytest.raises(ValueError, match="selects the stored source"):
+        build_train_data(tmp_path / "train", CONFIG, select_data="synth", batch_ratio="1", batch_size=4, synth=SMALL)
+
+
 def test_in_order_sources_are_disjoint_across_processes_and_resume_exactly():
     sizes, counts = [ENDLESS, 50], [3, 5]
     ranks = [BatchBalancedSampler(sizes, counts, seed=1, rank=r, world_size=2, in_order=[True, False])

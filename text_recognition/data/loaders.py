@@ -165,8 +165,9 @@ def build_train_data(
 
     log = [DASHED, f"dataset_root: {train_data}", f"opt.select_data: {tokens}", f"opt.batch_ratio: {ratios}", DASHED]
     members, group_sizes, all_counts = [], [], {}
-    for token, ratio, per_batch in zip(tokens, ratios, counts_per_batch):
-        if token == SYNTH:
+    engine = [token == SYNTH and not _stored_synth(train_data, bool(synth)) for token in tokens]
+    for token, ratio, per_batch, rendered in zip(tokens, ratios, counts_per_batch, engine):
+        if rendered:
             group = _synth_group(config, synth or {}, seed)
         else:
             group = _source_group(train_data, token, config, data_filtering_off, float(total_data_usage_ratio))
@@ -182,7 +183,7 @@ def build_train_data(
 
     sampler = BatchBalancedSampler(group_sizes, counts_per_batch, seed=seed, rank=rank, world_size=world_size,
                                    start_iteration=start_iteration, tag_draws=augment is not None,
-                                   in_order=[token == SYNTH for token in tokens])  # fmt: skip
+                                   in_order=engine)  # fmt: skip
     return TextData(
         dataset=MixedSources(members),
         collator=TextCollator(config, data_filtering_off, augment),
@@ -274,6 +275,26 @@ def _source_group(
         remaining -= take
     log.append(f"num total samples of {token}: {total} x {usage} (total_data_usage_ratio) = {used}")
     return _SourceGroup(members, used, counts, log)
+
+
+def _stored_synth(train_data: str | os.PathLike, options_given: bool) -> bool:
+    """Whether the token ``synth`` selects stored sources under ``train_data`` (a folder holding sources named
+    ``synth...``, as trees made before the engine existed do): they keep being trained on, and a warning says that
+    the engine is not used; ``--synth`` options are then an error, not ignored."""
+    path = Path(train_data) if train_data else None
+    if path is None or not path.exists():
+        return False
+    try:
+        found = local_sources(path, SYNTH)
+    except FileNotFoundError:
+        return False
+    if options_given:
+        raise ValueError(f"--synth sets the synthetic engine's options, but the select_data token {SYNTH!r} selects "
+                         f"the stored source(s) {sorted(found)} under {os.fspath(train_data)!r}: rename them to train "
+                         f"on the engine, or leave --synth out.")  # fmt: skip
+    logger.warning("select_data %r: %s holds stored source(s) %s named so; they are trained on, not the synthetic "
+                   "engine (rename them to use the engine).", SYNTH, os.fspath(train_data), sorted(found))  # fmt: skip
+    return True
 
 
 def _synth_group(config: ModelConfig, options: dict, seed: int) -> _SourceGroup:

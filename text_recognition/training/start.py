@@ -18,7 +18,7 @@ from ..augment import TextAugment
 from ..checkpoints import check_state_dict, read_dtrb_state_dict
 from ..config import DataConfig, ModelConfig, TrainConfig, parse_select_data
 from ..data.loaders import build_eval_data, build_stream_train_data, build_synth_eval_data, build_train_data
-from ..data.synth_source import SYNTH, synth_options
+from ..data.synth_source import SYNTH, SynthSource, synth_options
 from ..fastpath import compile_encoder
 from ..model import TextRecognitionModel, load_model
 from .distributed import main_process_first, main_reports
@@ -253,7 +253,7 @@ def label_audit(run: Run) -> str:
                 f"scripts/audit_dataset.py on it for the whole picture.")
     parts = ["label audit (scripts/audit_dataset.py; add --images there for sizes, corrupt images, duplicates):"]
     for token in parse_select_data(data_config.select_data):
-        if token == SYNTH:
+        if token == SYNTH and _renders(run):
             parts.append(f"select_data {SYNTH}: rendered on the fly; its labels fit the charset by construction")
             continue
         report = audit(data_config.train_data, run.model_config, select_data=token,
@@ -267,7 +267,13 @@ def training_samples(run: Run) -> str:
     dataset = run.train_data.dataset
     if not hasattr(dataset, "__len__"):
         return "streamed"
-    if SYNTH in dataset.names:
-        stored = sum(size for name, size in zip(dataset.names, dataset.sizes) if name != SYNTH)
+    if _renders(run):
+        stored = sum(size for source, size in zip(dataset.datasets, dataset.sizes)
+                     if not isinstance(source, SynthSource))  # fmt: skip
         return f"endless synthetic + {stored:,} stored" if stored else "endless synthetic"
     return f"{len(dataset):,}"
+
+
+def _renders(run: Run) -> bool:
+    """Whether the training data holds the synthetic engine (the token ``synth`` may select stored sources)."""
+    return any(isinstance(source, SynthSource) for source in getattr(run.train_data.dataset, "datasets", ()))
