@@ -63,3 +63,66 @@ def make_lmdb(path: Path, labels: list[str], corrupt: set[int] = frozenset(), se
               for i in range(len(labels))]  # fmt: skip
     write_lmdb(zip(images, labels), path)
     return images
+
+
+# ---- greedy decoding under rounding ----------------------------------------------------------------------------
+# Kernels round differently from one CPU to another (AVX2, AVX-512, AMX: vector widths, blockings, bf16 units) and
+# with the batch size. An untrained model has near-ties, steps whose two top logits are closer than that rounding,
+# where two correct computations may pick different symbols (and, for attention, decode different paths from there
+# on). Tests that compare greedy ids or texts of two computations accept a difference only at such a near-tie.
+# Tolerances are relative to the largest |logit| of the reference (``scale``).
+
+NEAR_TIE = 2e-4  # 2 x a float32 logit tolerance of 1e-4 * scale; float32 rounding moves these logits by ~1e-6 * scale
+
+
+def logit_scale(logits: torch.Tensor) -> float:
+    """The magnitude differences are measured against: the largest |logit| (at least a tiny positive number)."""
+    return max(float(logits.detach().abs().max()), 1e-12)
+
+
+def near_tie_rows(logits: torch.Tensor, tolerance: float = NEAR_TIE, eos_id: int | None = None) -> list[bool]:
+    """For greedy logits [B, T, C]: whether each row's text could change under rounding, i.e. some step its text
+    depends on has its two top logits within ``tolerance * scale``. CTC (``eos_id=None``): every frame. Attention:
+    the steps up to and including the first ``eos_id`` (the text ends there)."""
+    top2 = logits.detach().float().topk(2, dim=-1).values  # [B, T, 2]
+    close = (top2[..., 0] - top2[..., 1]) <= tolerance * logit_scale(logits)  # [B, T]
+    if eos_id is not None:
+        ended = (logits.argmax(-1) == eos_id).int().cumsum(1)  # [B, T]: >= 1 from the first [s] on
+        decisive = (ended == 0) | ((ended == 1) & (logits.argmax(-1) == eos_id))  # up to and including it
+        close &= decisive
+    return close.any(dim=1).tolist()
+
+
+def assert_branches_at_near_ties(reference: torch.Tensor, ids: torch.Tensor, tolerance: float, what: str) -> None:
+    """Greedy ids [B, T] of another computation against the reference's greedy logits [B, T, C]: in each row, at
+    the first step where ``ids`` differ from the reference's argmax, the reference's logit for its own symbol may
+    lead its logit for the other symbol by at most ``tolerance * scale`` (a near-tie rounding may flip). Later
+    steps are not compared: for attention they follow another path."""
+    ours = reference.argmax(-1)
+    assert ids.shape == ours.shape, f"{what}: greedy ids {tuple(ids.shape)} against {tuple(ours.shape)}"
+    limit = tolerance * logit_scale(reference)
+    for row in (ids != ours).any(dim=1).nonzero().flatten().tolist():
+        step = int((ids[row] != ours[row]).int().argmax())
+        mine, theirs = int(ours[row, step]), int(ids[row, step])
+        margin = float(reference[row, step, mine] - reference[row, step, theirs])
+        assert margin <= limit, (
+            f"{what}: image {row} decodes differently from step {step} on (class {theirs} instead of {mine}), "
+            f"where the reference leads by {margin:.3g}, more than the rounding allows ({limit:.3g})"
+        )
+
+
+def assert_same_texts_but_near_ties(
+    actual, expected, reference: torch.Tensor, what: str, eos_id: int | None = None, rel: float = 1e-4,
+    abs: float = 1e-12,
+) -> int:  # fmt: skip
+    """``Recognition``s (text, confidence) of another computation against the reference's, whose greedy logits
+    [B, T, C] are ``reference``: every image without a near-tie on the reference's path (``near_tie_rows``) has the
+    same text and a confidence within ``rel``/``abs``; images at a near-tie may read otherwise. Returns how many
+    images were compared."""
+    assert len(actual) == len(expected) == reference.size(0), f"{what}: {len(actual)} results for {len(expected)}"
+    ties = near_tie_rows(reference, NEAR_TIE, eos_id)
+    compared = [i for i, tie in enumerate(ties) if not tie]
+    assert compared, f"{what}: every image is at a near-tie, nothing is compared (take other images)"
+    assert [actual[i][0] for i in compared] == [expected[i][0] for i in compared], f"{what}: a clear text changed"
+    assert [actual[i][1] for i in compared] == pytest.approx([expected[i][1] for i in compared], rel=rel, abs=abs)
+    return len(compared)

@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, near_tie_rows
 from fake_hub import FakeHub, run_client
 from PIL import Image
 from test_scripts import load_script
@@ -18,6 +18,7 @@ from text_recognition import ModelConfig, TextRecognitionModel
 from text_recognition.cli import run
 from text_recognition.data import write_lmdb
 from text_recognition.evaluation import BENCHMARK_DATASETS, PAPER_DATASETS, dtrb_exp_name
+from text_recognition.transforms import preprocess
 
 SIZES = {name: 3 + k % 4 for k, name in enumerate(BENCHMARK_DATASETS)}  # unequal: weighted != plain mean
 
@@ -40,6 +41,24 @@ def hand_norm_ed(pred: str, gt: str) -> float:
     return 1 - rows[-1] / max(len(pred), len(gt))
 
 
+def clear_images(model: TextRecognitionModel, seeds, count: int) -> list[bytes]:
+    """The first ``count`` of ``png(seed)`` that the untrained ``model`` reads without a near-tie at any frame.
+
+    The tests evaluate them in batches of 3 and in one batch per set: matrices of other shapes, which round
+    otherwise (and differently from one CPU to another); only a near-tie can read differently for that.
+    """
+    chosen = []
+    for seed in seeds:
+        image = png(seed)
+        with torch.no_grad():
+            logits = model(preprocess([Image.open(io.BytesIO(image))], model.config))  # [1, T, C]
+        if not near_tie_rows(logits)[0]:
+            chosen.append(image)
+        if len(chosen) == count:
+            return chosen
+    raise AssertionError(f"fewer than {count} of the images are clear of near-ties")
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """A tiny CTC model and DTRB-named folders whose labels are its own predictions for even samples, a wrong one
@@ -52,7 +71,7 @@ def setup(tmp_path_factory):
     expected = {}
     for k, name in enumerate(BENCHMARK_DATASETS):
         size = SIZES[name]
-        images = [png(100 * k + i) for i in range(size)]
+        images = clear_images(model, range(100 * k, 100 * k + 100), size)
         recognized = model.recognize([Image.open(io.BytesIO(b)) for b in images])
         labels = [r.text if i % 2 == 0 else (r.text[:-1] + "q" if r.text else "q") for i, r in enumerate(recognized)]
         write_lmdb(list(zip(images, labels)) + [(png(999), "dropped!")], root / "eval" / name)

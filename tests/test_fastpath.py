@@ -2,12 +2,14 @@
 fp32 path's predictions within stated tolerances; fp16 training with a GradScaler on the CPU, resumed exactly.
 
 Tolerances, relative to the largest |logit| of the fp32 output (``scale``):
-- channels_last and the compiled encoder (fp32): logits within 1e-4 * scale, every prediction the same;
-- bf16 and fp16 autocast: logits within 0.15 * scale (bf16 keeps 8 bits of mantissa), the prediction the same at
-  every frame / step whose fp32 top-1 margin is above 0.3 * scale, and at least 90 % of all frames / steps the same
-  (these small models are untrained: many of their classes are near ties, which a rounding may swap). Attention
-  is compared under teacher forcing with the fp32 greedy ids, so one swapped step cannot change the steps after it.
-No timing is asserted.
+- channels_last and the compiled encoder (fp32): logits within 1e-4 * scale;
+- bf16 and fp16 autocast: logits within 0.15 * scale (bf16 keeps 8 bits of mantissa).
+In both, the prediction is the same at every frame / step whose fp32 top-1 margin is above 2 x the tolerance; below
+it, it may change: these small models are untrained, many of their classes are near ties, and which way a rounding
+swaps them depends on the CPU's kernels (AVX2, AVX-512, AMX; bf16 is native on AMX and avx512_bf16, emulated on
+AVX2), so no share of agreeing predictions is asserted. Attention is compared under teacher forcing with the fp32
+greedy ids, so one swapped step cannot change the steps after it; the compiled encoder's own greedy decoding may
+leave the eager path only at a near-tie (``conftest.assert_branches_at_near_ties``). No timing is asserted.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import assert_branches_at_near_ties
 from PIL import Image
 from test_scripts import load_script
 from test_training import TINY_CTC, base_args, data, final_weights, launch, run_files  # noqa: F401
@@ -55,8 +58,6 @@ def assert_same_predictions(got: torch.Tensor, reference: torch.Tensor, toleranc
     top2 = reference.topk(2, dim=-1).values
     clear = (top2[..., 0] - top2[..., 1]) > 2 * tolerance * scale
     assert torch.equal(got.argmax(-1)[clear], reference.argmax(-1)[clear]), f"{what}: a clear prediction changed"
-    agreement = (got.argmax(-1) == reference.argmax(-1)).float().mean()
-    assert agreement >= (1.0 if tolerance == FP32_TOLERANCE else 0.9), f"{what}: only {agreement:.1%} agree"
 
 
 @pytest.fixture(params=["None-VGG-BiLSTM-CTC", "TPS-ResNet-BiLSTM-Attn", "None-RCNN-None-Attn"])
@@ -95,11 +96,14 @@ def test_low_precision_inference_gives_the_fp32_predictions(model_and_batch, pre
 def test_compiled_encoder_gives_the_fp32_predictions(model_and_batch):
     model, images, text = model_and_batch
     reference = logits_of(model, images, text)
+    eager_greedy = logits_of(model, images, None) if text is not None else None
     compile_encoder(model)
     try:
         assert_same_predictions(logits_of(model, images, text), reference, FP32_TOLERANCE, "compiled")
         if text is not None:  # greedy decoding runs the eager step loop over the compiled encoder
-            assert torch.equal(logits_of(model, images, None).argmax(-1), text[:, 1:])
+            # Inductor's kernels depend on the vector width: a near-tie may flip, and attention decodes on from there
+            compiled_ids = logits_of(model, images, None).argmax(-1)
+            assert_branches_at_near_ties(eager_greedy, compiled_ids, 2 * FP32_TOLERANCE, "compiled greedy decoding")
     finally:
         uncompiled(model)
 

@@ -7,11 +7,13 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 import torch
+from conftest import assert_same_texts_but_near_ties
 from PIL import Image
 from safetensors.torch import load_file
 
 from text_recognition import ModelConfig, Recognition, TextRecognitionModel, list_stages
 from text_recognition.model import expected_sequence_length
+from text_recognition.transforms import preprocess
 
 COMBINATIONS = ["-".join(combo) for combo in itertools.product(*list_stages().values())]
 SMALL = {"output_channel": 32, "hidden_size": 16}
@@ -190,9 +192,13 @@ def test_recognize_accepts_any_inputs_and_sizes(tmp_path):
     results = model.recognize(images)
     assert len(results) == 3 and all(isinstance(r, Recognition) for r in results)
     assert all(isinstance(r.text, str) and 0.0 <= r.confidence <= 1.0 for r in results)
-    assert_same_recognitions(model.recognize(images, batch_size=1), results)
+    # One image per batch: other matrix shapes, which the CPU's kernels round otherwise; only a near-tie of this
+    # untrained model may read differently.
+    with torch.no_grad():
+        greedy = model(preprocess(images, model.config))  # [B, T, C]: the path `results` was decoded on
+    assert_same_texts_but_near_ties(model.recognize(images, batch_size=1), results, greedy, "batch_size=1")
     assert model.recognize(path) == model.recognize([images[0]])
-    assert_same_recognitions(model.recognize(np.array(images[2])), [results[2]])
+    assert_same_recognitions(model.recognize(np.array(images[2])), model.recognize([images[2]]))
     with pytest.raises(ValueError, match="batch_size must be at least 1"):
         model.recognize(images, batch_size=0)
 
@@ -201,8 +207,6 @@ def test_recognize_matches_forward_decoding():
     model = small_model("TPS-RCNN-None-Attn").eval()
     rng = np.random.default_rng(1)
     images = [Image.fromarray(rng.integers(0, 256, (32, 100), dtype=np.uint8)) for _ in range(3)]
-    from text_recognition.transforms import preprocess
-
     with torch.no_grad():
         expected = model.tokenizer.decode_with_confidence(model(preprocess(images, model.config)))
     assert_same_recognitions(model.recognize(images), expected)

@@ -10,12 +10,14 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, subprocess_env
+from conftest import REPO_ROOT, assert_same_texts_but_near_ties, subprocess_env
 from dtrb_reference import dtrb_manifest, random_dtrb_state_dict
 from PIL import Image
 
 from text_recognition import ModelConfig, TextRecognitionModel
 from text_recognition.cli import run
+from text_recognition.tokenizer import EOS_ID
+from text_recognition.transforms import preprocess
 
 CRNN_FLAGS = ["--Transformation", "None", "--FeatureExtraction", "VGG", "--SequenceModeling", "BiLSTM",
               "--Prediction", "CTC", "--output_channel", "64", "--hidden_size", "32"]  # fmt: skip
@@ -115,10 +117,14 @@ def test_demo_on_a_model_folder(tmp_path, image_folder, capsys, monkeypatch):
     rows = demo_rows(captured.out)
     names = [row[0].strip().removeprefix(str(image_folder) + "/") for row in rows]
     assert names == ["demo_1.JPG", "demo_2.png", "demo_10.png", "nested/demo_3.jpeg"]  # natural order
-    expected = model.recognize([image_folder / name for name in names])
-    for row, recognition in zip(rows, expected):
-        assert row[1].strip() == recognition.text
-        assert float(row[2]) == pytest.approx(recognition.confidence, abs=6e-5)
+    paths = [image_folder / name for name in names]
+    expected = model.recognize(paths)
+    with torch.no_grad():
+        greedy = model.eval()(preprocess(paths, model.config))  # [B, T, C]: the path `expected` was decoded on
+    # The demo batches by 2 (and the unreadable file leaves one image alone): other matrix shapes than one batch of
+    # 4, so rounding may swap an untrained model's near-tie; every other image reads the same.
+    printed = [(row[1].strip(), float(row[2])) for row in rows]
+    assert_same_texts_but_near_ties(printed, expected, greedy, "demo", eos_id=EOS_ID, abs=6e-5)
     assert "skipped" in captured.err and "broken.png" in captured.err and "1 of 5 images" in captured.err
     log = (tmp_path / "log_demo_result.txt").read_text()
     assert log == captured.out
@@ -187,8 +193,18 @@ def test_demo_output_file(tmp_path, image_folder, crnn_pth, monkeypatch, suffix)
 def test_compiled_recognize_gives_the_same_results():
     torch.manual_seed(0)
     model = TextRecognitionModel(ModelConfig("None", "VGG", "BiLSTM", "Attn", output_channel=32, hidden_size=16))
+    model.eval()  # as recognize runs it (BatchNorm on its running statistics)
     images = [np.random.default_rng(i).integers(0, 256, (32, 60), dtype=np.uint8) for i in range(3)]
+    pixel_values = preprocess(images, model.config)
+    with torch.no_grad():
+        features = model.encode(pixel_values)
+        greedy = model.Prediction(features)  # [B, T, C]: the eager greedy path
     eager = model.recognize(images)
     compiled = model.compile_encoder().recognize(images)
-    assert [r.text for r in compiled] == [r.text for r in eager]
-    assert [r.confidence for r in compiled] == pytest.approx([r.confidence for r in eager], rel=1e-4, abs=1e-12)
+    with torch.no_grad():
+        compiled_features = model.encode(pixel_values)
+    scale = features.abs().max()
+    assert (compiled_features - features).abs().max() <= 1e-4 * scale, "the compiled encoder computes otherwise"
+    # Inductor's kernels depend on the CPU's vector width: a near-tie of this untrained decoder may flip (and the
+    # greedy decoding then goes on from another symbol); every other image reads the same.
+    assert_same_texts_but_near_ties(compiled, eager, greedy, "compiled", eos_id=EOS_ID)

@@ -7,9 +7,11 @@ import math
 
 import pytest
 import torch
+from conftest import assert_same_texts_but_near_ties
 
 from text_recognition import ModelConfig, TextRecognitionModel
 from text_recognition.config import TrainConfig
+from text_recognition.tokenizer import EOS_ID
 from text_recognition.training import EMA, build_optimizer, build_scheduler, freeze_stages, lr_factor
 
 
@@ -145,12 +147,16 @@ def test_resize_charset_keeps_predictions_of_inputs_without_new_symbols(predicti
     with torch.no_grad():
         model.Prediction.bias.copy_(torch.randn_like(model.Prediction.bias)) if prediction == "CTC" else None
     before = model.recognize_batch(images)
+    with torch.no_grad():
+        greedy = model(images)  # [B, T, C]: the path `before` was decoded on
     change = model.resize_charset("abcdefXYZ")
     assert (change.kept, change.added, change.removed) == ("abcdef", "XYZ", "")
     assert model.config.character == "abcdefXYZ" and model.config.num_class == len(model.tokenizer.tokens)
     after = model.recognize_batch(images)
-    assert [r.text for r in after] == [r.text for r in before]
-    assert [r.confidence for r in after] == pytest.approx([r.confidence for r in before], rel=1e-3)
+    # The head (and the attention cell's one-hot input) has more classes now: other matrix shapes, which the CPU's
+    # kernels may round otherwise. Only a near-tie of this untrained model may read differently.
+    eos_id = EOS_ID if prediction == "Attn" else None
+    assert_same_texts_but_near_ties(after, before, greedy, "resized", eos_id=eos_id, rel=1e-3)
     with torch.no_grad():
         assert model(images).shape[-1] == model.config.num_class
 
