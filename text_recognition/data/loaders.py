@@ -301,7 +301,7 @@ def _synth_group(config: ModelConfig, options: dict, seed: int) -> _SourceGroup:
     """The synthetic engine as one endless source."""
     source = SynthSource(engine_options(options, config, seed))
     log = [f"dataset: {SYNTH}\t rendered on the fly, endless, in order (no filtering: labels fit by construction)",
-           f"synthetic engine options: {source.describe()}"]  # fmt: skip
+           f"synthetic engine options: {source.describe()}", source.engine.font_coverage()]  # fmt: skip
     return _SourceGroup([(SYNTH, source, ENDLESS, None)], ENDLESS, {}, log)
 
 

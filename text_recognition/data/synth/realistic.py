@@ -186,6 +186,7 @@ class RealisticWords(SampleWriter):
                 f"that cover them (fonts=['packaged', folder]) or remove them from the charset."
             )
         self._faces = faces
+        self._font_files = len(entries)
         self._covered = ["".join(sorted(c)) for c in covered]
         # Symbol -> the set of fonts that draw it, as a bit mask (bit i: font i); a text's fonts are the AND of its
         # symbols' masks, and texts share few distinct masks, so their font weights are computed once each.
@@ -228,6 +229,15 @@ class RealisticWords(SampleWriter):
         return self._faces[min(index, len(cumulative) - 1)]
 
     # ------------------------------------------------------------------------------------------- rendering
+
+    def font_coverage(self) -> str:
+        """One line for the logs: how many of the fonts found draw this charset, and the symbols the fewest draw (a
+        word is drawn only in a font that has every one of its symbols)."""
+        counts = {s: bin(self._symbol_fonts.get(s, 0)).count("1") for s in self.charset if not s.isspace()}
+        rarest = sorted(counts, key=lambda s: (counts[s], s))[:4]
+        families = len({face.family for face in self._faces})
+        return (f"fonts: {len(self._faces)} of {self._font_files} font files ({families} families) draw this charset; "
+                f"the symbols the fewest draw: " + ", ".join(f"{s!r} {counts[s]}" for s in rarest))  # fmt: skip
 
     def describe(self, index: int) -> dict:
         """What sample ``index`` draws, before any pixel: ``text`` (as drawn), ``label``, ``font`` (the file),
