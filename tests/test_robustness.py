@@ -168,6 +168,20 @@ def test_truncated_file_in_the_latest_checkpoint_falls_back_to_the_previous_one(
                    str(tmp_path / "run" / "checkpoints" / "checkpoint-4"))  # fmt: skip
 
 
+def test_resume_latest_when_every_checkpoint_is_truncated_is_refused_and_loses_nothing(data, tmp_path):
+    train_with(*argv(data, tmp_path, "--num_iter", "4", "--valInterval", "2"))  # checkpoints 2 and 4
+    run_dir = tmp_path / "run"
+    for step in (2, 4):
+        weights = run_dir / "checkpoints" / f"checkpoint-{step}" / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:100])
+    kept = {path: digest(path) for path in sorted(run_dir.rglob("*")) if path.is_file()}
+    with pytest.raises(TrainingStopped, match=r"none of the 2 checkpoint\(s\) .* can be resumed from") as refused:
+        train_with(*argv(data, tmp_path, "--num_iter", "4", "--valInterval", "2", "--resume_from_checkpoint",
+                         "latest"))  # fmt: skip
+    assert "\n" not in str(refused.value) and "--overwrite_output_dir" in str(refused.value)
+    assert {path: digest(path) for path in sorted(run_dir.rglob("*")) if path.is_file()} == kept
+
+
 def test_disk_full_during_a_checkpoint_write_is_a_clear_error_and_leaves_no_temporary_folder(
     data, tmp_path, monkeypatch
 ):

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from accelerate.logging import get_logger
 
 from ..config import TrainConfig
-from .run_dir import checkpoint_problem, latest_checkpoint
+from .run_dir import checkpoint_problem, latest_checkpoint, list_checkpoints
 from .state import TrainingStopped
 
 if TYPE_CHECKING:
@@ -23,11 +23,20 @@ logger = get_logger(__name__)  # main process only, unless a call says main_proc
 
 
 def resume_checkpoint(train_config: TrainConfig, checkpoints_dir: Path, main: bool) -> Path | None:
-    """The checkpoint ``--resume_from_checkpoint`` names (a folder, or ``latest``), or None to start fresh."""
+    """The checkpoint ``--resume_from_checkpoint`` names (a folder, or ``latest``), or None to start fresh. ``latest``
+    with checkpoints of which none is complete is refused: the folder holds a run that a fresh start would replace."""
     if not train_config.resume_from_checkpoint:
         return None
     if train_config.resume_from_checkpoint == "latest":
         found = latest_checkpoint(checkpoints_dir)
+        broken = list_checkpoints(checkpoints_dir) if found is None else []
+        if broken:  # the folder holds a run: starting fresh would replace its bests and prune its checkpoints
+            raise TrainingStopped(
+                f"--resume_from_checkpoint latest: none of the {len(broken)} checkpoint(s) in {checkpoints_dir} can "
+                f"be resumed from ({', '.join(path.name for path in broken)}: a file is missing or truncated), and "
+                f"nothing was changed; restore a checkpoint from a copy, or give --overwrite_output_dir without "
+                f"--resume_from_checkpoint to start afresh there (its checkpoints and bests are deleted)."
+            )
         if found is None and main:
             logger.warning("--resume_from_checkpoint latest: no checkpoint in %s yet, starting fresh.",
                            checkpoints_dir)  # fmt: skip
