@@ -20,13 +20,13 @@ import yaml
 from conftest import make_lmdb, png_bytes
 from PIL import Image
 from safetensors.torch import load_file
+from test_scripts import load_script
 
 from text_recognition import ModelConfig, TextRecognitionModel
 from text_recognition.cli import parse_train_args, run, train_configs_from_args
 from text_recognition.data import SyntheticWords
 from text_recognition.model import load_model
 from text_recognition.training import TrainingStopped, train
-from test_scripts import load_script
 
 TINY = ["--Transformation", "None", "--FeatureExtraction", "VGG", "--SequenceModeling", "None",
         "--Prediction", "CTC", "--output_channel", "32", "--hidden_size", "32"]  # fmt: skip
@@ -334,6 +334,38 @@ def test_recognize_uint16_array_is_scaled_not_saturated(tiny_model):
     assert tiny_model.recognize(as_16_bits) == tiny_model.recognize(pixels)
     with pytest.raises(ValueError, match=r"integer image must hold values in \[0, 255\]"):
         tiny_model.recognize(pixels.astype(np.int32) + 300)
+
+
+def test_16_bit_png_file_bytes_and_lmdb_read_as_the_8_bit_image_not_white(tiny_model, tmp_path):
+    from text_recognition.data.collate import TextCollator
+    from text_recognition.transforms import load_image
+
+    pixels = np.random.default_rng(0).integers(0, 256, (32, 80), dtype=np.uint8)
+    Image.fromarray(pixels.astype(np.uint16) * 257).save(tmp_path / "hello16.png")  # a 16-bit grayscale PNG
+    png16 = (tmp_path / "hello16.png").read_bytes()
+    assert Image.open(tmp_path / "hello16.png").mode == "I;16"
+    for channels in (1, 3):
+        expected = np.asarray(load_image(pixels, channels))
+        for given in (tmp_path / "hello16.png", png16, Image.open(io.BytesIO(png16))):
+            assert np.array_equal(np.asarray(load_image(given, channels)), expected), (type(given), channels)
+    assert tiny_model.recognize(tmp_path / "hello16.png") == tiny_model.recognize(pixels)
+    collator = TextCollator(tiny_model.config)  # training and evaluation decode LMDB and datasets bytes here
+    batch = collator([{"image": png16, "label": "ab"}])
+    assert torch.equal(batch["pixel_values"], collator([{"image": png_of(pixels), "label": "ab"}])["pixel_values"])
+
+
+def test_float_tiff_outside_0_1_is_an_error_naming_the_file_not_clipped(tmp_path):
+    from text_recognition.transforms import load_image
+
+    Image.fromarray(np.full((32, 80), 300.0, np.float32)).save(tmp_path / "float.tiff")
+    with pytest.raises(ValueError, match=r"Cannot decode image .*float\.tiff.*float image must hold values in \[0, 1"):
+        load_image(tmp_path / "float.tiff", 1)
+
+
+def png_of(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 @pytest.mark.parametrize("shape", [(0, 40), (0, 0), (32, 0)], ids=["0xN", "0x0", "Nx0"])

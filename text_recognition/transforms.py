@@ -10,7 +10,7 @@ import io
 import math
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ from PIL import Image
 if TYPE_CHECKING:
     from .config import ModelConfig
 
-ImageInput = Union[Image.Image, str, os.PathLike, bytes, np.ndarray, torch.Tensor]
+ImageInput = Image.Image | str | os.PathLike | bytes | np.ndarray | torch.Tensor
 
 BICUBIC = Image.Resampling.BICUBIC
 
@@ -103,18 +103,18 @@ def load_image(image: ImageInput, input_channel: int) -> Image.Image:
     if isinstance(image, (bytes, bytearray, memoryview)):
         try:
             with Image.open(io.BytesIO(bytes(image))) as opened:
-                pil = opened.convert(mode)
-        except (OSError, Image.DecompressionBombError) as error:
+                pil = to_mode(opened, mode)
+        except (OSError, ValueError, Image.DecompressionBombError) as error:
             raise ValueError(f"Cannot decode {len(image)} bytes as an image (PNG, JPEG ...): {error}") from None
     elif isinstance(image, Image.Image):
         pil = image
     elif isinstance(image, (str, os.PathLike)):
         try:
             with Image.open(image) as opened:
-                pil = opened.convert(mode)
+                pil = to_mode(opened, mode)
         except FileNotFoundError:
             raise FileNotFoundError(f"Image file not found: {os.fspath(image)!r}") from None
-        except (OSError, Image.DecompressionBombError) as error:
+        except (OSError, ValueError, Image.DecompressionBombError) as error:
             raise ValueError(f"Cannot decode image {os.fspath(image)!r}: {error}") from None
     elif isinstance(image, (np.ndarray, torch.Tensor)):
         pil = _array_to_pil(image)
@@ -123,7 +123,27 @@ def load_image(image: ImageInput, input_channel: int) -> Image.Image:
                         f"{type(image).__name__}.")  # fmt: skip
     if 0 in pil.size:
         raise ValueError(f"The image has no pixels (width x height {pil.size[0]} x {pil.size[1]}).")
-    return pil if pil.mode == mode else pil.convert(mode)
+    return to_mode(pil, mode)
+
+
+#: PIL modes of more than 8 bits per pixel (16-bit PNG and TIFF, 32-bit integer and float TIFF), which PIL's own
+#: ``convert("L")`` clips to 255 instead of scaling: a 16-bit PNG would read as a white image.
+HIGH_DEPTH_MODES = ("I", "F")
+
+
+def to_mode(image: Image.Image, mode: str) -> Image.Image:
+    """``image`` (decoded now) in ``mode`` (``"L"`` or ``"RGB"``): the one conversion of files, bytes, PIL images
+    and arrays in training, evaluation and inference. 16-bit, 32-bit and float pixels (modes ``I;16``, ``I``,
+    ``F``) are scaled as arrays of their type are (uint16: 65535 -> 255; integers in [0, 255] and floats in [0, 1]
+    as they are; anything else is an error), never clipped."""
+    image.load()
+    if image.mode == mode:
+        return image
+    if image.mode.startswith(HIGH_DEPTH_MODES):
+        image = Image.fromarray(_to_uint8(np.asarray(image)))
+        if image.mode == mode:
+            return image
+    return image.convert(mode)
 
 
 def _array_to_pil(image: np.ndarray | torch.Tensor) -> Image.Image:
@@ -146,6 +166,8 @@ def _array_to_pil(image: np.ndarray | torch.Tensor) -> Image.Image:
 def _to_uint8(array: np.ndarray) -> np.ndarray:
     """8-bit pixels: uint16 scaled (65535 -> 255), floats in [0, 1] and integers in [0, 255] as they are; values
     out of range are an error (never clipped in silence)."""
+    if array.dtype.byteorder not in ("=", "|"):  # big-endian 16-bit pixels (PIL mode I;16B)
+        array = array.astype(array.dtype.newbyteorder("="))
     if array.dtype == np.uint8:
         return array
     if array.dtype == np.bool_:

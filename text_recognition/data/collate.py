@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from ..augment import TextAugment
-from ..transforms import align_batch
+from ..transforms import align_batch, to_mode
 from .labels import LabelRules
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ class AlignCollate:
             if item is None:
                 continue
             image, label = (item["image"], item["label"]) if isinstance(item, dict) else item
-            images.append(image if image.mode == self.mode else image.convert(self.mode))
+            images.append(to_mode(image, self.mode))
             labels.append(label)
         if not images:
             return torch.empty(0, self.input_channel, self.img_h, self.img_w), labels
@@ -62,16 +62,14 @@ class SkippedSample(NamedTuple):
 
 
 def decode_image(data: Any, mode: str) -> Image.Image:
-    """Encoded bytes (or a ``datasets.Image(decode=False)`` dict, or a PIL image) -> a PIL image in ``mode``."""
+    """Encoded bytes (or a ``datasets.Image(decode=False)`` dict, or a PIL image) -> a PIL image in ``mode``; 16-bit
+    and float images are scaled, not clipped (``transforms.to_mode``)."""
     if isinstance(data, Image.Image):
-        return data if data.mode == mode else data.convert(mode)
+        return to_mode(data, mode)
     if isinstance(data, dict):
         data = data["bytes"] if data.get("bytes") is not None else open(data["path"], "rb").read()
     with Image.open(io.BytesIO(data)) as image:
-        if image.mode == mode:
-            image.load()  # decode now: the buffer is closed on leaving the block
-            return image
-        return image.convert(mode)
+        return to_mode(image, mode)  # decoded now: the buffer is closed on leaving the block
 
 
 class TextCollator:
