@@ -240,6 +240,31 @@ def test_a_fully_corrupt_training_set_fails_with_a_clear_error(data, tmp_path):
                          "--batch_ratio", "1", train_data=tmp_path / "corrupt"))  # fmt: skip
 
 
+def test_an_all_corrupt_valid_data_is_refused_before_the_first_step(data, tmp_path):
+    make_lmdb(tmp_path / "valid" / "IIIT5k_3000", ["ab", "cd", "ef"], corrupt={0, 1, 2})
+    train = argv(data, tmp_path / "out", "--num_iter", "2")
+    train[train.index("--valid_data") + 1] = str(tmp_path / "valid")
+    with pytest.raises(ValueError, match=r"No image of --valid_data .* can be decoded \(all 3 samples are corrupt\)"):
+        train_with(*train)
+    assert not (tmp_path / "out" / "run" / "best_accuracy").exists()
+    assert not (tmp_path / "out" / "run" / "log_train.txt").exists()
+
+
+def test_a_validation_after_only_skipped_steps_logs_no_train_loss_not_0(data, tmp_path, monkeypatch):
+    scored = TextRecognitionModel.loss
+
+    def nan_when_training(self, logits, *args, **kwargs):  # every optimizer step skipped, validation scored
+        loss = scored(self, logits, *args, **kwargs)
+        return loss * float("nan") if self.training else loss
+
+    monkeypatch.setattr(TextRecognitionModel, "loss", nan_when_training)
+    train_with(*argv(data, tmp_path, "--num_iter", "2", "--valInterval", "1"))
+    log = (tmp_path / "run" / "log_train.txt").read_text()
+    assert "[1/2] Train loss: n/a, Valid loss: " in log and "Train loss: 0.00000" not in log
+    history = [json.loads(line) for line in (tmp_path / "run" / "validation_history.jsonl").read_text().splitlines()]
+    assert [entry["train_loss"] for entry in history] == [None, None]
+
+
 def test_accumulation_with_corrupt_only_batches_counts_optimizer_steps_right(data, tmp_path):
     make_lmdb(tmp_path / "half" / "MJ", ["ab"] * 8, corrupt={0, 2, 4, 6})
     results = train_with(*argv(data, tmp_path / "out", "--batch_size", "1", "--gradient_accumulation_steps", "2",

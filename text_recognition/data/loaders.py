@@ -339,3 +339,20 @@ def build_eval_data(
         log="\n".join(log) + "\n",
         counts={name: counts for name, _, counts, _ in sources},
     )
+
+
+def check_decodable(data: TextData, name: str) -> None:
+    """At least one image of ``data`` decodes: images are read until the first that does (one, for a sound set), so
+    that a run never validates on nothing, logging a score of 0 and keeping an untrained model as its best.
+
+    Raises:
+        ValueError: every image is undecodable.
+    """
+    for index in range(len(data.dataset)):
+        if data.collator([data.dataset[index]])["labels"]:
+            return
+    raise ValueError(
+        f"No image of --valid_data {os.fspath(name)!r} can be decoded (all {len(data.dataset):,} samples are "
+        f"corrupt): validation would score nothing. Check the data (scripts/audit_dataset.py --images lists the "
+        f"corrupt images) or give another --valid_data."
+    )

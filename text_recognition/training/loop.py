@@ -169,12 +169,15 @@ def log_step(run: Run, bar: Any) -> None:
     iteration, meter = run.state.iteration, run.meter
     rate = meter.window_rate(run.accelerator.num_processes)
     logged = iteration % run.train_config.log_interval == 0 or iteration == 1
-    if logged:  # reading the loss syncs the device: only when it is shown
-        bar.set_postfix(loss=f"{meter.train_loss:.4f}", img_s=f"{rate:.0f}", refresh=False)
+    loss = meter.train_loss if logged else None  # reading the loss syncs the device: only when it is shown
+    if logged:
+        bar.set_postfix(loss="n/a" if loss is None else f"{loss:.4f}", img_s=f"{rate:.0f}", refresh=False)
     bar.update(1)
     if logged:
-        run.accelerator.log({"train/loss": meter.train_loss, "train/images_per_second": rate,
-                             "train/lr": run.optimizer.param_groups[0]["lr"]}, step=iteration)  # fmt: skip
+        values = {"train/images_per_second": rate, "train/lr": run.optimizer.param_groups[0]["lr"]}
+        if loss is not None:  # no step applied since the last validation: no mean to log
+            values["train/loss"] = loss
+        run.accelerator.log(values, step=iteration)
         meter.window_start, meter.window_images = time.perf_counter(), 0
 
 

@@ -17,7 +17,13 @@ from torch.utils.data import DataLoader
 from ..augment import TextAugment
 from ..checkpoints import check_state_dict, read_dtrb_state_dict
 from ..config import DataConfig, ModelConfig, TrainConfig, parse_select_data
-from ..data.loaders import build_eval_data, build_stream_train_data, build_synth_eval_data, build_train_data
+from ..data.loaders import (
+    build_eval_data,
+    build_stream_train_data,
+    build_synth_eval_data,
+    build_train_data,
+    check_decodable,
+)
 from ..data.synth_source import SYNTH, SynthSource, synth_options
 from ..fastpath import compile_encoder
 from ..model import TextRecognitionModel, load_model
@@ -186,6 +192,7 @@ def build_data(run: Run) -> None:
         if data_config.valid_data:
             run.valid_data = build_eval_data(data_config.valid_data, run.model_config,
                                              data_filtering_off=data_config.data_filtering_off)  # fmt: skip
+            check_decodable(run.valid_data, data_config.valid_data)  # before a step, not after the last
         else:  # --select_data synth without --valid_data: held-out synthetic samples
             run.valid_data = build_synth_eval_data(run.model_config, synth_options(data_config.synth),
                                                    train_config.seed, data_config.synth_valid_samples)  # fmt: skip

@@ -67,8 +67,10 @@ class Throughput:
     window_images: int = 0
 
     @property
-    def train_loss(self) -> float:
-        return float(self.loss_sum) / max(self.loss_count, 1)
+    def train_loss(self) -> float | None:
+        """The mean loss of the steps applied since the last validation; None when none was (all skipped), never a
+        mean over nothing shown as 0."""
+        return float(self.loss_sum) / self.loss_count if self.loss_count else None
 
     def add(self, loss: float | torch.Tensor, images: int) -> None:
         self.loss_sum += loss

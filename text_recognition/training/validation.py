@@ -27,7 +27,7 @@ logger = get_logger(__name__)  # main process only, unless a call says main_proc
 
 @dataclass
 class Validation:
-    loss: float
+    loss: float | None  # None: no batch scored (never shown as 0)
     accuracy: float
     norm_ED: float
     mean_confidence: float
@@ -65,7 +65,7 @@ def evaluate_model(
     gathered_losses = gather_object(losses) if accelerator.num_processes > 1 else losses
     result = score_records(gathered_records, protocol)
     return Validation(
-        loss=sum(gathered_losses) / len(gathered_losses) if gathered_losses else 0.0,
+        loss=sum(gathered_losses) / len(gathered_losses) if gathered_losses else None,
         accuracy=result.accuracy,
         norm_ED=result.norm_ED,
         mean_confidence=result.mean_confidence,
@@ -75,11 +75,12 @@ def evaluate_model(
 
 
 def format_validation_log(
-    iteration: int, num_iter: int, train_loss: float, valid: Validation, elapsed: float, state: TrainState
+    iteration: int, num_iter: int, train_loss: float | None, valid: Validation, elapsed: float, state: TrainState
 ) -> str:
-    """The block DTRB appends to ``log_train.txt`` after each validation."""
+    """The block DTRB appends to ``log_train.txt`` after each validation; a mean over nothing (no step applied, no
+    sample scored) reads ``n/a``."""
     lines = [
-        f"[{iteration}/{num_iter}] Train loss: {train_loss:0.5f}, Valid loss: {valid.loss:0.5f}, "
+        f"[{iteration}/{num_iter}] Train loss: {_mean(train_loss)}, Valid loss: {_mean(valid.loss)}, "
         f"Elapsed_time: {elapsed:0.5f}",
         f"{'Current_accuracy':17s}: {valid.accuracy:0.3f}, {'Current_norm_ED':17s}: {valid.norm_ED:0.2f}",
         f"{'Best_accuracy':17s}: {state.best_accuracy:0.3f}, {'Best_norm_ED':17s}: {state.best_norm_ED:0.2f}",
@@ -90,6 +91,10 @@ def format_validation_log(
     lines += [f"{gt:25s} | {pred:25s} | {conf:0.4f}\t{pred == gt}" for gt, pred, conf in valid.examples]
     lines.append(DASHED)
     return "\n".join(lines)
+
+
+def _mean(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:0.5f}"
 
 
 def validate_and_save_bests(run: Run, bar: Any, elapsed: float) -> None:
@@ -133,8 +138,9 @@ def validate_and_save_bests(run: Run, bar: Any, elapsed: float) -> None:
                                 f"best accuracy {valid.accuracy:.3f} at iteration {state.iteration}")  # fmt: skip
         if improved_ned:
             save_model_folder(run.evaluated, run.run_dir / "best_norm_ED", card)
-    run.accelerator.log({"valid/loss": valid.loss, "valid/accuracy": valid.accuracy, "valid/norm_ED": valid.norm_ED,
-                         "valid/mean_confidence": valid.mean_confidence}, step=state.iteration)  # fmt: skip
+    values = {"valid/loss": valid.loss, "valid/accuracy": valid.accuracy, "valid/norm_ED": valid.norm_ED,
+              "valid/mean_confidence": valid.mean_confidence}  # fmt: skip
+    run.accelerator.log({key: value for key, value in values.items() if value is not None}, step=state.iteration)
     run.meter.loss_sum, run.meter.loss_count = 0.0, 0
 
 
