@@ -233,6 +233,19 @@ def test_a_huge_lr_never_saves_a_non_finite_model_as_best(data, tmp_path):
         assert all(torch.isfinite(t).all() for t in load_file(best).values() if t.is_floating_point())
 
 
+def test_lr_1e30_finite_weights_with_a_nan_validation_loss_never_make_a_best(data, tmp_path, caplog, capsys):
+    with caplog.at_level(logging.WARNING):  # the weights go to ~1e30: finite, but the validation loss is NaN
+        train_with(*argv(data, tmp_path, "--num_iter", "2", "--valInterval", "1", "--adam", "--lr", "1e30",
+                         "--grad_clip", "1e30"))  # fmt: skip
+    run_dir = tmp_path / "run"
+    history = [json.loads(line, parse_constant=lambda name: pytest.fail(f"bare {name} in the history"))
+               for line in (run_dir / "validation_history.jsonl").read_text().splitlines()]  # fmt: skip
+    assert history[-1]["valid_loss"] is None and "is not finite; no best model is saved" in caplog.text
+    assert not (run_dir / "best_accuracy").exists() and not (run_dir / "best_norm_ED").exists()
+    assert json.loads((run_dir / "all_results.json").read_text())["best_accuracy"] == -1.0
+    assert "no best model was saved" in capsys.readouterr().out
+
+
 def test_a_fully_corrupt_training_set_fails_with_a_clear_error(data, tmp_path):
     make_lmdb(tmp_path / "corrupt" / "MJ", ["ab", "cd", "ef", "gh"], corrupt={0, 1, 2, 3})
     with pytest.raises(TrainingStopped, match=r"No decodable training image in the last 4 optimizer steps"):

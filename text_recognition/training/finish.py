@@ -54,8 +54,11 @@ def finish(run: Run, runtime: float) -> dict[str, Any]:
                                  "skipped_stale": run.pusher.skipped_stale}  # fmt: skip
         results = finite_or_none(results)
         (run.run_dir / "all_results.json").write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
-        run.accelerator.print(f"end the training: best accuracy {state.best_accuracy:.3f}, best norm_ED "
-                              f"{state.best_norm_ED:.4f}; results in {run.run_dir}")  # fmt: skip
+        if (run.run_dir / "best_accuracy").is_dir():
+            best = f"best accuracy {state.best_accuracy:.3f}, best norm_ED {state.best_norm_ED:.4f}"
+        else:  # every validation diverged (or none ran)
+            best = "no best model was saved (no validation had a finite loss and confidence)"
+        run.accelerator.print(f"end the training: {best}; results in {run.run_dir}")
     run.accelerator.end_training()
     if run.accelerator.num_processes > 1 and torch.distributed.is_initialized():
         # Gloo's worker threads must end before the interpreter does: a process group left for exit to destroy

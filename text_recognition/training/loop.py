@@ -147,10 +147,12 @@ def count_skipped_step(run: Run, outcome: str) -> None:
             f"No decodable training image in the last {limit} optimizer steps (up to iteration {state.iteration}; "
             f"corrupt images skipped: {corrupt}): check --train_data, whose images cannot be read."
         )
+    best = run.run_dir / "best_accuracy"
+    kept = f"the best model so far is in {best}" if best.is_dir() else "no best model was saved"
     raise TrainingStopped(
         f"Training diverged: the last {limit} optimizer steps (up to iteration {state.iteration}) had a non-finite "
         f"loss or gradient and were skipped ({state.nonfinite_steps} in all). Lower --lr ({run.train_config.lr}) or "
-        f"--grad_clip, or check the data; the best model so far is in {run.run_dir / 'best_accuracy'}."
+        f"--grad_clip, or check the data; {kept}."
     )
 
 

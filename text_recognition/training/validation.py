@@ -4,6 +4,7 @@ validation history, and the best models (with their model cards) saved and pushe
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +17,7 @@ from ..data.collate import SkipTracker
 from ..data.loaders import TextData
 from ..evaluation import predict_records, score_records
 from ..metrics import Protocol
-from .run_dir import VALIDATION_HISTORY, save_model_folder
+from .run_dir import VALIDATION_HISTORY, finite_or_none, save_model_folder
 from .state import DASHED, TrainState
 
 if TYPE_CHECKING:
@@ -107,9 +108,11 @@ def validate_and_save_bests(run: Run, bar: Any, elapsed: float) -> None:
     )  # fmt: skip
     run.last_valid = valid
     improved_accuracy, improved_ned = valid.accuracy > state.best_accuracy, valid.norm_ED > state.best_norm_ED
-    if (improved_accuracy or improved_ned) and not weights_are_finite(run.evaluated):
-        logger.warning("Iteration %d: the weights are not finite; no best model is saved.", state.iteration)
-        improved_accuracy = improved_ned = False  # nor counted as a best: a finite model may match it later
+    if improved_accuracy or improved_ned:
+        unsound = diverged(valid, run.evaluated)
+        if unsound:
+            logger.warning("Iteration %d: %s; no best model is saved.", state.iteration, unsound)
+            improved_accuracy = improved_ned = False  # nor counted as a best: a sound model may match it later
     state.best_accuracy = valid.accuracy if improved_accuracy else state.best_accuracy
     state.best_norm_ED = valid.norm_ED if improved_ned else state.best_norm_ED
     state.validations_without_gain = 0 if improved_accuracy else state.validations_without_gain + 1
@@ -127,7 +130,7 @@ def validate_and_save_bests(run: Run, bar: Any, elapsed: float) -> None:
         entry = {"step": state.iteration, "train_loss": run.meter.train_loss, "valid_loss": valid.loss,
                  "accuracy": valid.accuracy, "norm_ED": valid.norm_ED}  # fmt: skip
         with open(run.run_dir / VALIDATION_HISTORY, "a", encoding="utf-8") as history:
-            history.write(json.dumps(entry) + "\n")
+            history.write(json.dumps(finite_or_none(entry)) + "\n")  # JSON has no NaN: null
         card = card_kwargs(run, valid)
         if run.pusher is not None:
             run.pusher.poll()
@@ -142,6 +145,16 @@ def validate_and_save_bests(run: Run, bar: Any, elapsed: float) -> None:
               "valid/mean_confidence": valid.mean_confidence}  # fmt: skip
     run.accelerator.log({key: value for key, value in values.items() if value is not None}, step=state.iteration)
     run.meter.loss_sum, run.meter.loss_count = 0.0, 0
+
+
+def diverged(valid: Validation, model: torch.nn.Module) -> str | None:
+    """Why a validated model must not become a best (it diverged), or None: non-finite weights, or finite weights
+    (~1e30 after a huge learning rate) whose validation loss or confidence is not finite."""
+    if not weights_are_finite(model):
+        return "the weights are not finite"
+    if any(value is not None and not math.isfinite(value) for value in (valid.loss, valid.mean_confidence)):
+        return f"the validation loss ({valid.loss}) or mean confidence ({valid.mean_confidence}) is not finite"
+    return None
 
 
 def weights_are_finite(model: torch.nn.Module) -> bool:
