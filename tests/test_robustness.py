@@ -201,6 +201,54 @@ def test_disk_full_during_a_checkpoint_write_is_a_clear_error_and_leaves_no_temp
     assert not list((tmp_path / "run" / "checkpoints").iterdir())
 
 
+SAFETENSORS_FULL_DISK = ('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left '
+                         'on device" })')  # what safetensors raises when the disk fills during a write
+
+
+def test_disk_full_during_a_safetensors_checkpoint_write_is_a_clear_error_and_leaves_no_temporary_folder(
+    data, tmp_path, monkeypatch
+):
+    from accelerate import Accelerator
+    from safetensors import SafetensorError
+
+    def full_disk(self, output_dir, **kwargs):
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(output_dir) / "model.safetensors").write_bytes(b"partial")
+        raise SafetensorError(SAFETENSORS_FULL_DISK)
+
+    monkeypatch.setattr(Accelerator, "save_state", full_disk)
+    with pytest.raises(OSError, match="Cannot write the checkpoint .*; the disk is full") as error:
+        train_with(*argv(data, tmp_path))
+    assert error.value.errno == errno.ENOSPC and "The temporary folder was removed" in str(error.value)
+    assert "\n" not in str(error.value) and not list((tmp_path / "run" / "checkpoints").iterdir())
+
+
+def test_disk_full_during_a_safetensors_best_model_write_is_one_line_and_keeps_the_previous_best(
+    data, tmp_path, monkeypatch, capsys, model_folder
+):
+    from safetensors import SafetensorError
+
+    from text_recognition.training import save_model_folder
+
+    def full_disk(self, save_directory, **kwargs):
+        (Path(save_directory) / "model.safetensors").write_bytes(b"partial")
+        raise SafetensorError(SAFETENSORS_FULL_DISK)
+
+    monkeypatch.setattr(TextRecognitionModel, "save_pretrained", full_disk)
+    train_script = load_script("train")
+    capsys.readouterr()
+    assert run(train_script.main, argv(data, tmp_path, "--num_iter", "1")) == 1  # the first validation is a best
+    lines = capsys.readouterr().err.splitlines()  # the progress bar's line, then the error's one line
+    (error,) = [line for line in lines if line.startswith("error:")]
+    assert lines[-1] == error
+    assert "Cannot write the best model" in error and "the disk is full" in error
+    assert "The temporary folder was removed" in error and not list((tmp_path / "run").glob(".best_*"))
+    before = digest(model_folder / "model.safetensors")
+    with pytest.raises(OSError, match="the previous one is kept"):
+        save_model_folder(load_model(model_folder), model_folder, {})
+    assert digest(model_folder / "model.safetensors") == before and not list(tmp_path.glob(".model.tmp*"))
+
+
 # ---- non-finite and empty steps --------------------------------------------------------------------------------
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import gather_object
+from safetensors import SafetensorError
 
 from ..config import TrainConfig
 from ..model import TextRecognitionModel
@@ -34,6 +35,26 @@ DEFAULT_CHECKPOINTS_LIMIT = 2  # without --checkpoints_total_limit: the last two
 
 
 MANIFEST = "manifest.json"  # in every checkpoint: the size of each file, to tell a truncated one
+
+
+#: What a failed write (a full disk) raises: OSError, torch.save's RuntimeError("... unexpected pos ..."), and
+#: safetensors' SafetensorError ("... No space left on device (os error 28)"), which is neither.
+WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)
+
+
+RESUME_HINT = "resume with --resume_from_checkpoint latest"
+
+
+def write_failure(error: BaseException, what: str, then: str = RESUME_HINT) -> OSError:
+    """The one-line error of a failed write of ``what`` (whose temporary folder was removed), saying whether the
+    disk is full, and how to go on."""
+    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    full = getattr(error, "errno", None) == errno.ENOSPC or any(
+        sign in reason for sign in ("unexpected pos", "No space left", "os error 28", "StorageFull")
+    )
+    hint = "the disk is full: free space" if full else "check that the folder is writable and has space"
+    code = getattr(error, "errno", None) or (errno.ENOSPC if full else errno.EIO)
+    return OSError(code, f"Cannot write {what} ({reason}); {hint}, then {then}. The temporary folder was removed.")
 
 
 #: What a run folder holds; a new run refuses to start where any of these exist (see ``check_run_dir``).
@@ -135,10 +156,17 @@ def check_shared_run_dir(accelerator: Accelerator, run_dir: Path) -> None:
 
 
 def save_model_folder(model: TextRecognitionModel, target: Path, card_kwargs: dict[str, Any]) -> None:
-    """``save_pretrained`` into a temporary sibling, then swap it in: a crash never leaves half a model folder."""
+    """``save_pretrained`` into a temporary sibling, then swap it in: a crash never leaves half a model folder, and a
+    failed write (a full disk) keeps the previous one and says so in one line."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp", dir=target.parent))
     try:
-        model.save_pretrained(tmp, model_card_kwargs=card_kwargs)
+        try:
+            model.save_pretrained(tmp, model_card_kwargs=card_kwargs)
+        except WRITE_ERRORS as error:
+            shutil.rmtree(tmp, ignore_errors=True)
+            kept = " (the previous one is kept)" if target.exists() else ""
+            then = f"{RESUME_HINT} (or, before the first checkpoint, start again with --overwrite_output_dir)"
+            raise write_failure(error, f"the best model {target}{kept}", then) from None
         _replace_dir(tmp, target)
     finally:
         if tmp.exists():
@@ -225,14 +253,9 @@ def write_checkpoint(
                 (tmp / name).write_text(json.dumps(value) + "\n")
             sizes = {str(f.relative_to(tmp)): f.stat().st_size for f in sorted(tmp.rglob("*")) if f.is_file()}
             (tmp / MANIFEST).write_text(json.dumps(sizes, indent=2) + "\n")
-    except (OSError, RuntimeError) as error:  # torch reports a full disk as RuntimeError("... unexpected pos ...")
+    except WRITE_ERRORS as error:
         shutil.rmtree(tmp, ignore_errors=True)
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        full = getattr(error, "errno", None) == errno.ENOSPC or "unexpected pos" in reason
-        hint = "the disk is full: free space" if full else "check that the folder is writable and has space"
-        raise OSError(getattr(error, "errno", None) or errno.EIO,
-                      f"Cannot write the checkpoint {target} ({reason}); {hint}, then resume with "
-                      f"--resume_from_checkpoint latest. The temporary folder was removed.") from None  # fmt: skip
+        raise write_failure(error, f"the checkpoint {target}") from None
     if accelerator.is_main_process:
         if target.exists():
             shutil.rmtree(target)
