@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import datasets
 import pytest
 from conftest import make_lmdb, png_bytes
@@ -86,3 +88,36 @@ def test_convert_lmdb_script(tmp_path, capsys):
     assert list(load_text_dataset(tmp_path / "hf")) == ["IIIT5k_3000", "SVT"]
     assert run(script.main, ["--lmdb", str(tmp_path / "empty"), "--output_dir", str(tmp_path / "o")]) == 1
     assert "error:" in capsys.readouterr().err
+
+
+def break_lmdb(path, how):
+    """An LMDB of two samples broken ``how``: num-samples too large, a missing key, a non-UTF-8 label, or empty."""
+    import lmdb
+
+    make_lmdb(path, [] if how == "empty" else ["ab", "cd"])
+    env = lmdb.open(str(path))
+    with env.begin(write=True) as txn:
+        if how == "num_samples_too_large":
+            txn.put(b"num-samples", b"5")
+        elif how == "missing_key":
+            txn.delete(b"image-000000002")
+        elif how == "non_utf8_label":
+            txn.put(b"label-000000002", b"\xff\xfe")
+    env.close()
+
+
+@pytest.mark.parametrize("parquet", [False, True], ids=["arrow", "parquet"])
+@pytest.mark.parametrize(
+    ("how", "message"),
+    [("num_samples_too_large", "has no image for sample 3 of 5"), ("missing_key", "has no image for sample 2 of 2"),
+     ("non_utf8_label", "has a label that is not UTF-8 at key label-000000002"),
+     ("empty", r"holds no sample \(num-samples 0\)")],
+)  # fmt: skip
+def test_convert_lmdb_on_a_broken_lmdb_prints_the_projects_one_line_error(tmp_path, capsys, how, message, parquet):
+    break_lmdb(tmp_path / "data" / "SVT", how)
+    script = load_script("convert_lmdb")
+    args = ["--lmdb", str(tmp_path / "data"), "--output_dir", str(tmp_path / "out"), "--no_progress"]
+    assert run(script.main, args + (["--parquet"] if parquet else [])) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: ") and error.count("\n") == 0 and re.search(message, error), error
+    assert "DatasetGenerationError" not in error and "SVT" in error

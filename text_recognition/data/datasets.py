@@ -24,7 +24,7 @@ from ..hub import is_repo_id
 from .labels import LabelRules
 from .lmdb_index import LabelScan, scan
 from ..progress import progress as progress_bar
-from .lmdb import LmdbReader, find_sources, is_lmdb, lmdb_fingerprint, select_sources
+from .lmdb import LmdbFormatError, LmdbReader, find_sources, is_lmdb, lmdb_fingerprint, select_sources
 
 if TYPE_CHECKING:
     from ..config import ModelConfig
@@ -100,7 +100,16 @@ def lmdb_to_dataset(
             ``full_decode`` PIL must also decode them fully, which is slower). Only filled when the conversion
             runs, not on a cache hit; pass a fresh ``cache_dir`` to always convert.
         progress: show a progress bar.
+
+    Raises:
+        LmdbFormatError: the LMDB is not in DTRB's format (no or a wrong ``num-samples``, a missing key, a label
+            that is not UTF-8), as the generator found it, not wrapped in ``datasets``' ``DatasetGenerationError``.
+        ValueError: the LMDB holds no sample.
     """
+    with LmdbReader(path) as reader:  # num-samples checked here, before datasets wraps the errors
+        if len(reader) == 0:
+            raise ValueError(f"The LMDB at {os.fspath(path)!r} holds no sample (num-samples 0): nothing to read. "
+                             f"Remove it, or leave it out with --select_data.")  # fmt: skip
     stats = stats if stats is not None else ConversionStats()
     start = time.perf_counter()
     was_enabled = datasets.is_progress_bar_enabled()
@@ -113,11 +122,27 @@ def lmdb_to_dataset(
             cache_dir=os.fspath(cache_dir) if cache_dir else None,
             fingerprint=lmdb_fingerprint(path),
         )
+    except datasets.exceptions.DatasetGenerationError as error:
+        cause = _lmdb_format_error(error)
+        if cause is None:
+            raise
+        raise cause from None  # the project's own one-line message, found inside datasets' wrapper
     finally:
         if was_enabled:
             datasets.enable_progress_bars()
     stats.seconds = time.perf_counter() - start
     return dataset
+
+
+def _lmdb_format_error(error: BaseException) -> LmdbFormatError | None:
+    """The ``LmdbFormatError`` that caused ``error`` (in its chain of causes), if one did."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, LmdbFormatError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def _save_atomically(dataset: datasets.Dataset, output: Path) -> None:
