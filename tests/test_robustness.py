@@ -150,6 +150,16 @@ def test_resume_of_another_model_is_refused(data, tmp_path):
                          "--hidden_size", "16"))  # fmt: skip
 
 
+def test_resume_with_allow_config_change_and_a_changed_model_flag_names_the_flag(data, tmp_path):
+    train_with(*argv(data, tmp_path))
+    with pytest.raises(TrainingStopped, match="model flags cannot change on resume") as refused:
+        train_with(*argv(data, tmp_path, "--resume_from_checkpoint", "latest", "--num_iter", "5",
+                         "--output_channel", "16", "--allow_config_change"))  # fmt: skip
+    message = str(refused.value)
+    assert "output_channel (checkpoint: 32, now: 16)" in message and "\n" not in message and "--FT" in message
+    assert "Error(s) in loading state_dict" not in message
+
+
 # ---- broken checkpoints ----------------------------------------------------------------------------------------
 
 

@@ -98,6 +98,20 @@ def config_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[tuple
     return differ
 
 
+def changed_model_flags(run: Run) -> list[str]:
+    """``name (checkpoint: old, now: new)`` of each model flag that differs from the resumed checkpoint's
+    ``run_config.json`` (the run folder's for older checkpoints); empty when none does or none is recorded."""
+    for source in (run.resume_dir / "run_config.json", run.run_dir / "run_config.json"):
+        if source.is_file():
+            try:
+                saved = json.loads(source.read_text()).get("model", {})
+            except (ValueError, AttributeError):
+                return []
+            return [f"{key} (checkpoint: {saved.get(key)!r}, now: {value!r})"
+                    for key, value in asdict(run.model_config).items() if saved.get(key) != value]  # fmt: skip
+    return []
+
+
 def check_resumed_config(run: Run, configs: dict[str, Any]) -> None:
     """Resume refuses a changed batch size, data, seed, model or data content (listed in a table) unless
     ``--allow_config_change``, which logs the table instead. Compared with the checkpoint's own ``run_config.json``

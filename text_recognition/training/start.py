@@ -30,7 +30,7 @@ from ..model import TextRecognitionModel, load_model
 from .distributed import main_process_first, main_reports
 from .hub_push import HubPusher
 from .optim import EMA, build_optimizer, build_scheduler, enable_cpu_fp16, freeze_stages
-from .resume import check_resumed_config, resume_checkpoint, run_configs, truncate_log
+from .resume import changed_model_flags, check_resumed_config, resume_checkpoint, run_configs, truncate_log
 from .run_dir import CHECKPOINT_PREFIX, check_run_dir, check_shared_run_dir, clear_run_dir, remove_leftovers
 from .state import DASHED, Run, TrainingStopped
 from .streams import load_stream_state, marking_consumed, stream_sampler
@@ -126,6 +126,14 @@ def build_model_and_optimizer(run: Run) -> None:
         try:
             run.accelerator.load_state(str(resume_dir))
         except Exception as error:  # a file truncated or corrupted after its manifest was written
+            changed = changed_model_flags(run)
+            if changed:  # --allow_config_change let a model flag through: the weights do not fit this model
+                raise TrainingStopped(
+                    f"Cannot resume from {resume_dir}: its weights do not fit this model, and model flags cannot "
+                    f"change on resume (--allow_config_change allows data and batch changes): {', '.join(changed)}. "
+                    f"Give the checkpoint's values, or start a new run (another --exp_name) from the old run's best "
+                    f"model: --saved_model {run.run_dir / 'best_accuracy'} --FT."
+                ) from None
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
             raise TrainingStopped(f"Cannot resume from {resume_dir}: {reason}. Resume from an earlier checkpoint "
                                   f"(--resume_from_checkpoint {resume_dir.parent}/{CHECKPOINT_PREFIX}N).") from None
