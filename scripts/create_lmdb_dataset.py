@@ -11,6 +11,7 @@ The gt file holds one ``<image path relative to inputPath>\\t<label>`` per line 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,9 +40,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise FileNotFoundError(f"Image folder not found: {args.input_path!r}")
 
     entries = read_gt_file(args.gt_file, args.input_path)
+    if not any(entry.path.is_file() for entry in entries):
+        raise FileNotFoundError(f"None of the {len(entries)} image(s) of {args.gt_file!r} is under --inputPath "
+                                f"{args.input_path!r} (e.g. {str(entries[0].path)!r}): the gt file's paths are "
+                                f"relative to --inputPath. Nothing was written.")  # fmt: skip
     if args.output_path:
-        stats = FolderStats()
+        stats, existed = FolderStats(), Path(args.output_path).is_dir()  # an empty folder, when it exists
         write_lmdb(image_folder_samples(entries, stats, args.check_valid), args.output_path)
+        if not stats.accepted:  # every image undecodable: the LMDB just created holds nothing
+            shutil.rmtree(args.output_path)
+            if existed:
+                Path(args.output_path).mkdir()
+            raise ValueError(f"No image of {args.gt_file!r} could be decoded, so no LMDB was written: "
+                             f"{stats.report().replace(chr(10), '; ')}")  # fmt: skip
         print(f"LMDB {args.output_path}: {stats.report()}")
         if stats.missing or stats.undecodable:
             log = Path(args.output_path) / "error_image_log.txt"

@@ -121,3 +121,24 @@ def test_convert_lmdb_on_a_broken_lmdb_prints_the_projects_one_line_error(tmp_pa
     error = capsys.readouterr().err.strip()
     assert error.startswith("error: ") and error.count("\n") == 0 and re.search(message, error), error
     assert "DatasetGenerationError" not in error and "SVT" in error
+
+
+@pytest.mark.parametrize(
+    ("gt", "message"),
+    [(b"a.png\tHello\nc.png\tcaf\xe9\n", r"gt\.txt' is not UTF-8: line 2, byte 10"),
+     (b"", r"gt\.txt' holds no '<image path>\\t<label>' line"),
+     (b"\n\n", r"gt\.txt' holds no '<image path>\\t<label>' line"),
+     (b"nope1.png\tab\nnope2.png\tcd\n", r"None of the 2 image\(s\) of .*gt\.txt' is under --inputPath"),
+     (b"broken.png\tab\n", r"No image of .*gt\.txt' could be decoded, so no LMDB was written")],
+    ids=["latin1", "empty", "blank_lines", "all_missing", "all_undecodable"],
+)  # fmt: skip
+def test_create_lmdb_dataset_on_a_bad_gt_file_is_a_one_line_error_and_writes_no_lmdb(
+    tmp_path, image_folder, capsys, gt, message
+):
+    (tmp_path / "gt.txt").write_bytes(gt)
+    script = load_script("create_lmdb_dataset")
+    code = run(script.main, ["--inputPath", str(image_folder), "--gtFile", str(tmp_path / "gt.txt"), "--outputPath",
+                             str(tmp_path / "lmdb")])  # fmt: skip
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 1 and re.search(message, error), error
+    assert not (tmp_path / "lmdb").exists()

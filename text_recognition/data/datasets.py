@@ -382,28 +382,37 @@ def read_gt_file(gt_file: str | os.PathLike, input_path: str | os.PathLike) -> l
 
     Raises:
         FileNotFoundError: the gt file is missing.
-        ValueError: a line without exactly one tab (the whole file is checked before anything is written).
+        ValueError: a line without exactly one tab, a line that is not UTF-8, or no line at all (the whole file is
+            checked before anything is written).
     """
     gt_file = Path(gt_file)
     if not gt_file.is_file():
         raise FileNotFoundError(f"gt file not found: {str(gt_file)!r}")
     entries, bad = [], []
-    with open(gt_file, encoding="utf-8-sig") as handle:  # a BOM (Windows editors) is not part of the first path
-        for number, line in enumerate(handle, start=1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            parts = line.split("\t")
-            if len(parts) != 2:
-                bad.append((number, line))
-                continue
-            entries.append(GtEntry(number, Path(input_path) / parts[0], parts[1]))
+    raw = gt_file.read_bytes().removeprefix(b"\xef\xbb\xbf")  # a BOM (Windows editors) is not part of the first path
+    for number, raw_line in enumerate(raw.splitlines(), start=1):  # \n, \r\n and \r, as text mode reads them
+        try:
+            line = raw_line.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise ValueError(
+                f"{str(gt_file)!r} is not UTF-8: line {number}, byte {error.start + 1} ({raw_line[:60]!r}). Save "
+                f"the gt file as UTF-8, as DTRB's are."
+            ) from None
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) != 2:
+            bad.append((number, line))
+            continue
+        entries.append(GtEntry(number, Path(input_path) / parts[0], parts[1]))
     if bad:
         shown = "; ".join(f"line {n}: {line[:60]!r}" for n, line in bad[:3])
         raise ValueError(
             f"{len(bad)} line(s) of {str(gt_file)!r} are not '<image path>\\t<label>' with exactly one TAB ({shown}). "
             f"DTRB's gt files separate path and label with a tab, not a space."
         )
+    if not entries:
+        raise ValueError(f"{str(gt_file)!r} holds no '<image path>\\t<label>' line: there is nothing to write.")
     return entries
 
 
