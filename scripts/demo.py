@@ -44,6 +44,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_decoding_arguments(parser)
     add_speed_arguments(parser)
     args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        raise ValueError(f"--batch_size must be at least 1, got {args.batch_size}.")
+    if args.workers < 0:
+        raise ValueError(f"--workers must be 0 (decode in this process) or more, got {args.workers}.")
 
     config = model_config_from_args(args, require_stages=False)
     model = load_model(args.saved_model, config).to("cuda" if torch.cuda.is_available() else "cpu")
@@ -83,6 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if abstained:
         print(f"abstained on {abstained} of {len(paths)} images (confidence below --min_confidence, or no reading "
               f"within the constraints)", file=sys.stderr)  # fmt: skip
+    if failures == len(paths):
+        raise ValueError(f"None of the {len(paths)} images under {args.image_folder!r} could be decoded (each is "
+                         f"listed above): nothing was recognised.")  # fmt: skip
     if failures:
         print(f"{failures} of {len(paths)} images could not be decoded (listed above)", file=sys.stderr)
     return 0

@@ -496,6 +496,41 @@ def test_demo_skips_and_reports_a_decompression_bomb_png(model_folder, tmp_path,
     assert "1 of 2 images could not be decoded" in captured.err
 
 
+def test_demo_where_every_image_is_undecodable_or_a_dangling_link_exits_non_zero(model_folder, tmp_path, capsys,
+                                                                                    monkeypatch):  # fmt: skip
+    demo = load_script("demo")
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "a_broken.png").write_bytes(b"not a png")
+    (images / "b_gone.png").symlink_to(tmp_path / "deleted.png")  # a dangling symbolic link
+    monkeypatch.chdir(tmp_path)
+    assert run(demo.main, ["--image_folder", str(images), "--saved_model", str(model_folder), "--workers", "0"]) == 1
+    error = capsys.readouterr().err
+    assert "skipped" in error and "b_gone.png" in error and "Image file not found" in error
+    assert error.strip().splitlines()[-1].startswith("error: None of the 2 images under")
+
+
+@pytest.mark.parametrize(("flags", "message"), [(["--batch_size", "0"], "--batch_size must be at least 1"),
+                                                (["--workers", "-1"], "--workers must be 0")])  # fmt: skip
+def test_demo_bad_batch_size_or_workers_fail_before_the_log_file_is_touched(model_folder, tmp_path, capsys,
+                                                                            monkeypatch, flags, message):  # fmt: skip
+    demo = load_script("demo")
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.png").write_bytes(png_bytes(60, 32))
+    monkeypatch.chdir(tmp_path)
+    assert run(demo.main, ["--image_folder", str(tmp_path / "images"), "--saved_model", str(model_folder),
+                           *flags]) == 1  # fmt: skip
+    assert message in capsys.readouterr().err and not (tmp_path / "log_demo_result.txt").exists()
+
+
+def test_demo_given_a_file_as_image_folder_says_it_is_a_file(model_folder, tmp_path, capsys, monkeypatch):
+    demo = load_script("demo")
+    (tmp_path / "word.png").write_bytes(png_bytes(60, 32))
+    monkeypatch.chdir(tmp_path)
+    assert run(demo.main, ["--image_folder", str(tmp_path / "word.png"), "--saved_model", str(model_folder)]) == 1
+    assert "is a file, not a folder: give the folder that holds the images" in capsys.readouterr().err
+
+
 # ---- evaluation ------------------------------------------------------------------------------------------------
 
 

@@ -29,11 +29,16 @@ def natural_key(text: str) -> list[int | str]:
 
 
 def find_images(folder: str | os.PathLike) -> list[Path]:
-    """Every .jpg/.jpeg/.png (any case) under ``folder``, recursively, in natural order, as DTRB's RawDataset."""
+    """Every .jpg/.jpeg/.png (any case) under ``folder``, recursively, in natural order, as DTRB's RawDataset. A
+    dangling symbolic link is listed too, so that reading it reports it instead of leaving it out in silence."""
     folder = Path(folder)
+    if folder.is_file():
+        raise NotADirectoryError(f"{str(folder)!r} is a file, not a folder: give the folder that holds the images "
+                                 f"({str(folder.parent)!r}).")  # fmt: skip
     if not folder.is_dir():
         raise NotADirectoryError(f"Image folder not found: {str(folder)!r}")
-    paths = [p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+    paths = [p for p in folder.rglob("*") if (p.is_file() or (p.is_symlink() and not p.exists()))
+             and p.suffix.lower() in IMAGE_EXTENSIONS]  # fmt: skip
     return sorted(paths, key=lambda p: natural_key(str(p)))
 
 
