@@ -98,7 +98,13 @@ def test_notebook_is_valid_and_stored_without_outputs(path):
 
 def test_notebook_defaults_are_the_make_demo_recipe():
     quick = settings_of(nbformat.read(QUICK_START, as_version=4))
-    assert (quick["NUM_TRAIN"], quick["NUM_VALID"], quick["NUM_TEST"], quick["NUM_ITER"]) == (20_000, 500, 500, 3_000)
+    assert (quick["NUM_TRAIN"], quick["NUM_VALID"], quick["NUM_TEST"], quick["NUM_ITER"]) == (30_000, 500, 500, 6_000)
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    for name, value in (("DEMO_TRAIN", 30_000), ("DEMO_EVAL", 500), ("DEMO_ITERS", 6_000)):
+        assert f"{name} ?= {value}\n" in makefile, name
+    assert "--engine realistic" in makefile and "--scheduler onecycle" in makefile
+    code = "\n".join(c.source for c in nbformat.read(QUICK_START, as_version=4).cells if c.cell_type == "code")
+    assert '"--engine", "realistic"' in code and '"--scheduler", "onecycle"' in code
     assert (quick["BATCH_SIZE"], quick["LR"], quick["OUTPUT_CHANNEL"], quick["HIDDEN_SIZE"]) == (32, 1e-3, 64, 64)
     fine = settings_of(nbformat.read(FINE_TUNE, as_version=4))
     assert fine["PRETRAINED_MODEL"] == "" and fine["DATA_DIR"] is None
