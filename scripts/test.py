@@ -42,6 +42,7 @@ from text_recognition.evaluation import (
     EvaluationReport,
     dtrb_exp_name,
     evaluate,
+    unscored_message,
     write_json,
     write_outputs,
 )
@@ -75,6 +76,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_decoding_arguments(parser)
     add_speed_arguments(parser)
     args = parser.parse_args(argv)
+    for flag, value, least in (("batch_size", args.batch_size, 1), ("workers", args.workers, 0),
+                               ("timing_samples", args.timing_samples, 0)):  # fmt: skip
+        if value < least:
+            raise ValueError(f"--{flag} must be at least {least}, got {value}.")
     if args.plots:
         from text_recognition.plots import require_matplotlib
 
@@ -95,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = evaluate(model, args.eval_data, names=names, batch_size=args.batch_size, num_workers=args.workers,
                       protocol=protocol, timing_samples=args.timing_samples,
                       model_name=str(args.saved_model), decoding=decoding, precision=args.precision,
-                      compile=args.compile)  # fmt: skip
+                      compile=args.compile, keep_unscored=True)  # fmt: skip
     result_dir = write_outputs(report, Path(args.result_dir) / dtrb_exp_name(str(args.saved_model)),
                                args.benchmark_all_eval)  # fmt: skip
     print(f"{args.saved_model}: {model.config.stage_string}\n{report.table()}\nlogs and failure cases: {result_dir}")
@@ -106,6 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{len(written)} plots in {result_dir / 'plots'}")
     if args.output_json:
         write_json(report, args.output_json)
+    if report.unscored:  # the others are reported and written; the run still fails, and pushes nothing
+        print(f"error: {unscored_message(report.unscored, args.eval_data)}", file=sys.stderr)
+        return 1
     if args.push_results_to_hub is not None:
         push_results(args.saved_model, args.push_results_to_hub, report)
     return 0

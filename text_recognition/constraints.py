@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -187,9 +188,17 @@ class _Dfa:
         import interegular
 
         try:
+            re.compile(pattern)
+        except re.error as error:  # Python's message says what and where ("unterminated character set at position 0")
+            raise ValueError(f"Cannot use the pattern {pattern!r}: {error}.") from None
+        try:
             fsm = interegular.parse_pattern(pattern).to_fsm()
-        except Exception as error:  # interegular raises its own exception types for syntax and unsupported features
-            raise ValueError(f"Cannot use the pattern {pattern!r}: {error}") from None
+        except Exception as error:  # interegular's own types, often without a message, for what a DFA cannot hold
+            reason = str(error) or type(error).__name__
+            raise ValueError(
+                f"Cannot use the pattern {pattern!r} (unsupported: {reason}): write a regular expression without "
+                f"back-references or anchors (^ and $: the whole output must match anyway)."
+            ) from None
         self.initial = fsm.initial
         self.finals = set(fsm.finals)
         self._map = fsm.map

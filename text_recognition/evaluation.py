@@ -79,6 +79,7 @@ def evaluate(
     decoding: DecodingOptions | None = None,
     precision: str = "fp32",
     compile: bool = False,
+    keep_unscored: bool = False,
 ) -> EvaluationReport:
     """Evaluate ``model`` on each dataset under ``eval_data`` (or those in ``names``).
 
@@ -94,6 +95,10 @@ def evaluate(
     ``precision`` (``fp32``, ``bf16``, ``fp16``) runs the forward pass under that autocast (losses, CTC, the TPS grid
     and decoding stay fp32); ``compile`` compiles the encoder first (``fastpath.compile_encoder``), its compilation
     falling in the untimed warm-up batches (``warmup_seconds``).
+
+    A dataset of which no sample could be scored (all undecodable or filtered out) is an error, unless
+    ``keep_unscored``: then the report holds the others and names it in ``unscored`` (an error still when no dataset
+    could be scored).
 
     Raises:
         ValueError: an unknown protocol, impossible decoding constraints, or a dataset of which no sample could be
@@ -138,9 +143,9 @@ def evaluate(
         if timing_data is None and len(filtered):
             timing_data = data
     unscored = [f"{r.dataset} ({r.num_undecodable} undecodable image(s))" for r in results if not r.num_samples]
-    if unscored:
-        raise ValueError(f"No sample could be scored in {', '.join(unscored)} under {os.fspath(eval_data)!r}: "
-                         f"check the dataset (its images, and its labels against the model's charset and length).")
+    if unscored and (not keep_unscored or len(unscored) == len(results)):
+        raise ValueError(unscored_message(unscored, eval_data))
+    results = [r for r in results if r.num_samples]
     batch1 = None
     if timing_samples and timing_data is not None:
         count = min(timing_samples, len(timing_data.dataset))
@@ -148,7 +153,14 @@ def evaluate(
                                         decoder=decoder, autocast=autocast, timings=timings)  # fmt: skip
         batch1 = 1000 * seconds / count
     return EvaluationReport(model_name or model.config.stage_string, results, model.num_parameters, batch_size,
-                            batch1, protocol, decoding, precision, compile, timings.get("warmup", 0.0))  # fmt: skip
+                            batch1, protocol, decoding, precision, compile, timings.get("warmup", 0.0),
+                            unscored)  # fmt: skip
+
+
+def unscored_message(unscored: list[str], eval_data: str | os.PathLike) -> str:
+    """The one-line error for datasets of which no sample could be scored."""
+    return (f"No sample could be scored in {', '.join(unscored)} under {os.fspath(eval_data)!r}: check the dataset "
+            f"(its images, and its labels against the model's charset and length).")
 
 
 # ---- calibration ---------------------------------------------------------------------------------------------------

@@ -51,6 +51,7 @@ class EvaluationReport:
     precision: str = "fp32"
     compiled: bool = False
     warmup_seconds: float = 0.0  # the untimed first batch of each dataset (torch.compile's compilation included)
+    unscored: list[str] = field(default_factory=list)  # datasets of which no sample could be scored, with the reason
 
     @property
     def total_accuracy(self) -> float:
@@ -98,6 +99,8 @@ class EvaluationReport:
             paper = sum(r.num_samples for r in self.results if r.dataset in PAPER_DATASETS)
             lines.append(f"| total, the paper's 7 sets | {paper} | {self.total_accuracy_paper:.3f} | | | | | | |")
         lines.append("")
+        if self.unscored:
+            lines += [f"Not scored (no sample could be): {', '.join(self.unscored)}.", ""]
         if not self.decoding.is_greedy or self.decoding.min_confidence is not None:
             lines.append(f"Decoding: {describe_decoding(self.decoding)}.")
             if self.decoding.min_confidence is not None or self.decoding.constrained:
@@ -149,6 +152,7 @@ class EvaluationReport:
             "precision": self.precision,
             "compiled": self.compiled,
             "warmup_seconds": self.warmup_seconds,
+            "unscored": self.unscored,
         }
 
     def card_results(self) -> list[dict[str, Any]]:
