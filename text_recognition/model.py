@@ -388,6 +388,10 @@ def _check_config_file(path: Path) -> None:
     if not isinstance(value, dict):
         raise ValueError(f"{str(path)!r} holds a JSON {type(value).__name__}, not an object of model settings "
                          f"(as save_pretrained writes): save the model again.")  # fmt: skip
+    try:
+        ModelConfig.from_dict(value)
+    except (TypeError, ValueError) as error:  # an unknown key, a value of the wrong type: name the file, not a flag
+        raise ValueError(f"{str(path)!r}: {str(error).rstrip('.')}. Fix it there, or save the model again.") from None
 
 
 def load_model(
@@ -404,6 +408,12 @@ def load_model(
         ValueError: a ``.pth`` without ``config``, or weights that do not fit (``CheckpointMismatchError``).
     """
     path = Path(saved_model)
+    if path.is_file() and path.suffix == ".safetensors":
+        folder = path.parent
+        if (folder / "config.json").is_file():
+            raise ValueError(f"{str(path)!r} is the weights file of a model folder: give the folder, {str(folder)!r}.")
+        raise ValueError(f"{str(path)!r} is a bare safetensors file: a model is a folder with its config.json beside "
+                         f"model.safetensors (as save_pretrained writes); give that folder.")  # fmt: skip
     if path.is_file():
         if config is None:
             raise ValueError(
@@ -414,6 +424,11 @@ def load_model(
         return TextRecognitionModel.from_dtrb_checkpoint(path, config, map_location=map_location)
     if path.is_dir():
         if not (path / "config.json").is_file():
+            bests = [name for name in ("best_accuracy", "best_norm_ED") if (path / name / "config.json").is_file()]
+            if bests:
+                raise FileNotFoundError(f"{str(path)!r} is a training run's folder, not a model folder: give "
+                                        f"{str(path / bests[0])!r}" + (f" (or {str(path / bests[1])!r})"
+                                                                       if len(bests) > 1 else "") + ".")  # fmt: skip
             raise FileNotFoundError(f"{str(path)!r} is not a model folder: it has no config.json.")
         _check_config_file(path / "config.json")
         try:
