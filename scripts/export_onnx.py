@@ -46,12 +46,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.num_check_images < 1:
         raise ValueError(f"--num_check_images must be at least 1, got {args.num_check_images}.")
+    if not 0 < args.atol < float("inf"):  # a negative or NaN tolerance would fail every check, blamed on a stage
+        raise ValueError(f"--atol must be a positive number, got {args.atol:g} (default 1e-4).")
 
     config = model_config_from_args(args, require_stages=False)
     model = load_model(args.saved_model, config)
     if config is None or not Path(args.saved_model).is_file():  # a folder or Hub id: flags must agree with it
         check_model_flags(args, model.config, repr(args.saved_model))
-    images = load_check_images(model.config, args.check_images, args.num_check_images)
+    skipped: list[str] = []
+    images = load_check_images(model.config, args.check_images, args.num_check_images, skipped=skipped)
+    for reason in skipped:  # as demo.py: an image that does not decode is reported and passed over
+        print(f"skipped (cannot be decoded): {reason}", file=sys.stderr)
     path = export_onnx(model, args.output, opset=args.opset, decoding=decoding_options_from_args(args))
     report = verify_onnx(model, path, images, atol=args.atol)
 

@@ -389,6 +389,29 @@ def test_script_on_a_dtrb_checkpoint_with_check_images(tmp_path, capsys):
     assert "No .jpg/.jpeg/.png images under" in capsys.readouterr().err
 
 
+def test_script_bad_atol_and_undecodable_check_images(tmp_path, capsys):
+    """Issue 21 case 13: --atol -1 was accepted and the failed check blamed on the CNN; an undecodable image in
+    --check_images aborted the export where demo.py skips it."""
+    make_model("None-VGG-None-CTC").save_pretrained(tmp_path / "model")
+    script = load_script("export_onnx")
+    out = tmp_path / "model.onnx"
+    for atol in ("-1", "0", "nan"):
+        assert run(script.main, ["--saved_model", str(tmp_path / "model"), "--output", str(out), "--atol", atol]) == 1
+        assert "--atol must be a positive number" in capsys.readouterr().err and not out.exists()
+    folder = tmp_path / "images"
+    SyntheticWords(seed=3).write_folder(folder, 2, progress=False)
+    (folder / "images" / "a_broken.png").write_bytes(b"not a png")
+    argv = ["--saved_model", str(tmp_path / "model"), "--output", str(out), "--check_images", str(folder)]
+    assert run(script.main, argv) == 0
+    captured = capsys.readouterr()
+    assert "on 2 images: max abs diff" in captured.out
+    assert "skipped (cannot be decoded): " in captured.err and "a_broken.png" in captured.err
+    for path in (folder / "images").glob("word_*"):
+        path.write_bytes(b"garbage")
+    assert run(script.main, argv) == 1
+    assert "None of the 3 images under" in capsys.readouterr().err
+
+
 def test_script_failed_check_exits_1_with_the_stage(tmp_path, capsys, monkeypatch):
     make_model("None-VGG-BiLSTM-CTC").save_pretrained(tmp_path / "model")
     perturb_when_exporting(monkeypatch, VGG_FeatureExtractor)

@@ -320,17 +320,22 @@ def onnx_metadata(
     }
 
 
-def load_check_images(config: ModelConfig, folder: str | os.PathLike | None = None, count: int = 8) -> torch.Tensor:
+def load_check_images(
+    config: ModelConfig, folder: str | os.PathLike | None = None, count: int = 8, skipped: list[str] | None = None
+) -> torch.Tensor:
     """Preprocessed images [B, input_channel, img_h, img_w] to check an export on.
 
     Args:
         config: the model's configuration (sizes, channels, padding).
-        folder: the first ``count`` .jpg/.jpeg/.png images under it, in natural order; ``None`` renders ``count``
-            synthetic words (``data.synth.SyntheticWords``, seed 0), which have the sharp edges of real text.
+        folder: the first ``count`` decodable .jpg/.jpeg/.png images under it, in natural order; an image that does
+            not decode is passed over, as ``scripts/demo.py`` does, and its path and reason appended to ``skipped``.
+            ``None`` renders ``count`` synthetic words (``data.synth.SyntheticWords``, seed 0), which have the sharp
+            edges of real text.
         count: how many images.
+        skipped: a list to append ``"path: reason"`` to, for each image passed over.
 
     Raises:
-        ValueError: ``folder`` has no image, or one does not decode.
+        ValueError: ``folder`` has no image, or none decodes.
         NotADirectoryError: ``folder`` does not exist.
     """
     from .transforms import preprocess
@@ -345,7 +350,20 @@ def load_check_images(config: ModelConfig, folder: str | os.PathLike | None = No
     paths = find_images(folder)
     if not paths:
         raise ValueError(f"No .jpg/.jpeg/.png images under {os.fspath(folder)!r} to check the export on.")
-    return preprocess(paths[:count], config)
+    images, passed_over = [], []
+    for path in paths:
+        try:
+            images.append(preprocess([path], config))
+        except (ValueError, OSError) as error:
+            passed_over.append(f"{path}: {error}")
+        if len(images) == count:
+            break
+    if skipped is not None:
+        skipped.extend(passed_over)
+    if not images:
+        raise ValueError(f"None of the {len(paths)} images under {os.fspath(folder)!r} could be decoded to check the "
+                         f"export on (the first: {passed_over[0]}).")  # fmt: skip
+    return torch.cat(images)
 
 
 def _opset_of(path: Path) -> int:
