@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import logging
+import re
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -409,6 +410,35 @@ def test_config_json_that_is_a_list_or_invalid_names_the_file(model_folder, cont
     assert "config.json" in str(error.value)
 
 
+@pytest.mark.parametrize(("edit", "match"), [({"hiden_size": 16}, r"Unknown ModelConfig keys \['hiden_size'\]"),
+                                             ({"img_h": "32"}, "img_h must be an integer, got '32'")])  # fmt: skip
+def test_config_json_with_an_unknown_key_or_a_string_number_names_the_file(model_folder, edit, match):
+    """Issue 21 case 12: the error named neither config.json nor its folder."""
+    config = json.loads((model_folder / "config.json").read_text())
+    (model_folder / "config.json").write_text(json.dumps({**config, **edit}))
+    with pytest.raises(ValueError, match=match) as error:
+        load_model(model_folder)
+    assert str(model_folder / "config.json") in str(error.value) and "Fix it there" in str(error.value)
+
+
+def test_a_run_folder_or_a_bare_safetensors_as_saved_model_points_to_the_model_folder(model_folder, tmp_path):
+    """Issue 21 case 12: a run folder was 'not a model folder'; model.safetensors was read as a DTRB .pth."""
+    run_dir = tmp_path / "runs" / "exp"
+    run_dir.mkdir(parents=True)
+    model_folder.rename(run_dir / "best_accuracy")
+    (run_dir / "run_config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="is a training run's folder, not a model folder: give") as error:
+        load_model(run_dir)
+    assert str(run_dir / "best_accuracy") in str(error.value)
+    with pytest.raises(ValueError, match="is the weights file of a model folder: give the folder") as error:
+        load_model(run_dir / "best_accuracy" / "model.safetensors", ModelConfig("None", "VGG", "None", "CTC"))
+    assert str(run_dir / "best_accuracy") in str(error.value)
+    bare = tmp_path / "weights.safetensors"
+    bare.write_bytes((run_dir / "best_accuracy" / "model.safetensors").read_bytes())
+    with pytest.raises(ValueError, match="is a bare safetensors file: a model is a folder with its config.json"):
+        load_model(bare)
+
+
 # ---- recognize() inputs ----------------------------------------------------------------------------------------
 
 
@@ -421,6 +451,13 @@ def tiny_model():
 def test_recognize_float_array_outside_0_1_is_refused(tiny_model, value):
     array = np.full((32, 80), value, np.float32)
     with pytest.raises(ValueError, match=r"float image must hold values in \[0, 1\]"):
+        tiny_model.recognize(array)
+
+
+def test_a_float_just_above_1_is_not_printed_as_1(tiny_model):
+    """Issue 21 case 14: the message rounded 1.0000001 to '[1, 1]', which reads as inside the range."""
+    array = np.full((32, 80), np.nextafter(np.float32(1), np.float32(2)), np.float32)
+    with pytest.raises(ValueError, match=r"got values in \[1\.0000001\d*, 1\.0000001\d*\]"):
         tiny_model.recognize(array)
 
 
@@ -546,6 +583,49 @@ def test_evaluation_counts_undecodable_images_and_fails_when_none_is_scored(tiny
     make_lmdb(tmp_path / "eval" / "SVT", ["ab", "cd"], corrupt={0, 1})
     with pytest.raises(ValueError, match=r"No sample could be scored in SVT \(2 undecodable image\(s\)\)"):
         evaluate(tiny_model, tmp_path / "eval", batch_size=2, timing_samples=0)
+
+
+def test_test_script_reports_the_scorable_datasets_when_one_is_not_then_fails(model_folder, tmp_path, capsys):
+    """Issue 21 case 11: one unscorable dataset discarded every other result (no table, no JSON)."""
+    test_script = load_script("test")
+    make_lmdb(tmp_path / "eval" / "IIIT5k_3000", ["ab", "cd", "ef"])
+    make_lmdb(tmp_path / "eval" / "SVT", ["ab", "cd"], corrupt={0, 1})
+    output = tmp_path / "results.json"
+    code = run(test_script.main, ["--eval_data", str(tmp_path / "eval"), "--saved_model", str(model_folder),
+                                  "--workers", "0", "--timing_samples", "0", "--result_dir", str(tmp_path / "result"),
+                                  "--output_json", str(output)])  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "| IIIT5k_3000 | 3 |" in captured.out and "Not scored (no sample could be): SVT" in captured.out
+    assert "error: No sample could be scored in SVT (2 undecodable image(s))" in captured.err
+    results = json.loads(output.read_text())
+    assert list(results["datasets"]) == ["IIIT5k_3000"] and results["unscored"] == ["SVT (2 undecodable image(s))"]
+
+
+@pytest.mark.parametrize(("flags", "message"), [(["--batch_size", "0"], "--batch_size must be at least 1, got 0"),
+                                                (["--workers", "-1"], "--workers must be at least 0, got -1"),
+                                                (["--timing_samples", "-5"], "--timing_samples must be at least 0")])
+def test_test_script_bad_sizes_are_one_line_errors(model_folder, tmp_path, capsys, flags, message):
+    """Issue 21 case 11: --batch_size 0 said 'range() arg 3 must not be zero'."""
+    test_script = load_script("test")
+    make_lmdb(tmp_path / "eval" / "IIIT5k_3000", ["ab", "cd"])
+    code = run(test_script.main, ["--eval_data", str(tmp_path / "eval"), "--saved_model", str(model_folder),
+                                  "--result_dir", str(tmp_path / "result"), *flags])  # fmt: skip
+    assert code == 1 and f"error: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "result").exists()
+
+
+@pytest.mark.parametrize(("pattern", "reason"), [("[a-", "unterminated character set at position 0"),
+                                                 ("(ab", "missing ), unterminated subpattern at position 0"),
+                                                 (r"(a)\1", "unsupported: Group references are not implemented"),
+                                                 ("^ab$", "unsupported: '^'")])  # fmt: skip
+def test_a_bad_pattern_says_what_is_wrong(tiny_model, pattern, reason):
+    """Issue 21 case 11: --pattern '[a-' gave an empty reason."""
+    from text_recognition.decoding import DecodingOptions
+
+    with pytest.raises(ValueError, match=f"Cannot use the pattern {re.escape(repr(pattern))}") as error:
+        tiny_model.decoder(DecodingOptions(pattern=pattern))
+    assert reason in str(error.value) and ": ." not in str(error.value)
 
 
 def test_test_script_on_an_all_corrupt_lmdb_exits_non_zero(model_folder, tmp_path, capsys):

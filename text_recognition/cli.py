@@ -5,6 +5,7 @@ reporting that says what is wrong without a traceback."""
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import sys
 import warnings
@@ -267,7 +268,12 @@ def _config_file_defaults(parser: argparse.ArgumentParser, path: str) -> dict[st
             continue
         defaults[action.dest] = _config_value(action, key, value, path)
     if unknown:
-        raise ValueError(f"Unknown keys in --config {path!r}: {unknown}. Use the flag names, e.g. batch_size, imgH.")
+        names = sorted(name for name, action in by_name.items() if action.dest not in ("help", "config"))
+        hints = [f"{key!r} -> {close[0]!r}" for key in unknown
+                 if (close := difflib.get_close_matches(str(key), names, n=1, cutoff=0.75))]  # fmt: skip
+        hint = f" Did you mean: {', '.join(hints)}?" if hints else ""
+        raise ValueError(f"Unknown keys in --config {path!r}: {unknown}.{hint} Use the flag names, e.g. batch_size, "
+                         f"imgH.")  # fmt: skip
     return defaults
 
 

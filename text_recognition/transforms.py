@@ -177,7 +177,7 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
     if np.issubdtype(array.dtype, np.floating):
         low, high = float(np.min(array)), float(np.max(array))
         if not (np.isfinite(low) and np.isfinite(high)) or low < 0 or high > 1:
-            raise ValueError(f"A float image must hold values in [0, 1], got values in [{low:g}, {high:g}] "
+            raise ValueError(f"A float image must hold values in [0, 1], got values in [{low!r}, {high!r}] "
                              f"({array.dtype}): divide 0-255 pixels by 255, or pass a uint8 array.")  # fmt: skip
         return np.round(array * 255.0).astype(np.uint8)
     if np.issubdtype(array.dtype, np.integer):
