@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import pickle
 import subprocess
 import sys
@@ -259,3 +260,32 @@ def test_script_writes_the_realistic_engine(tmp_path, capsys):
     assert run(synthesize.main, ["--engine", "realistic", "--effects", "{bad", "--output", str(tmp_path / "z"),
                                  "--num_samples", "2"]) == 1  # fmt: skip
     assert "--effects is not JSON" in capsys.readouterr().err
+
+
+def test_font_coverage_is_cached_on_disk_and_read_again_when_the_file_changes(tmp_path, monkeypatch):
+    """Each process that builds the engine reads what 197 font files cover; a disk cache spares it the second time
+    (the same faces, so the same pixels), and an edited font or a damaged entry is read from the font again."""
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    source = next(path for path, family, _ in fonts.packaged_fonts() if family == "PT Sans")
+    font = tmp_path / "PTSans.ttf"
+    font.write_bytes(Path(source).read_bytes())
+    stat = font.stat()
+    fresh = fonts._read_font(str(font))
+    fonts._cached_font.cache_clear()
+    assert fonts._cached_font(str(font), stat.st_size, stat.st_mtime_ns) == fresh  # read, then written
+    (entry,) = (tmp_path / "cache" / "text_recognition" / "fonts").iterdir()
+    fonts._cached_font.cache_clear()
+    assert fonts._cached_font(str(font), stat.st_size, stat.st_mtime_ns) == fresh  # from the entry
+    entry.write_text("{damaged")
+    fonts._cached_font.cache_clear()
+    assert fonts._cached_font(str(font), stat.st_size, stat.st_mtime_ns) == fresh
+    assert json.loads(entry.read_text())["name"] == fresh[0]  # rewritten
+    os.utime(font, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # an edited file: another key
+    fonts._cached_font.cache_clear()
+    assert fonts._cached_font(str(font), stat.st_size, stat.st_mtime_ns + 1_000_000_000) == fresh
+    assert len(list(entry.parent.iterdir())) == 2
+    (tmp_path / "not_a_font.ttf").write_bytes(b"garbage")
+    assert fonts._cached_font(str(tmp_path / "not_a_font.ttf"), 7, 1) is None
+    fonts._cached_font.cache_clear()
+    assert fonts._cached_font(str(tmp_path / "not_a_font.ttf"), 7, 1) is None  # cached as not a font
+    fonts._cached_font.cache_clear()
