@@ -20,11 +20,11 @@ def test_make_demo_pipeline(tmp_path):
     demo = tmp_path / "demo"
     result = subprocess.run(
         ["make", "demo", "STAMP=", f"PY={sys.executable}", f"VENV={Path(sys.executable).parent.parent}",
-         f"DEMO={demo}", "DEMO_TRAIN=1000", "DEMO_EVAL=100", "DEMO_ITERS=300", "DEMO_VAL_INTERVAL=150",
+         f"DEMO={demo}", "DEMO_TRAIN=500", "DEMO_EVAL=100", "DEMO_ITERS=100", "DEMO_VAL_INTERVAL=50",
          "DEMO_MIN_ACCURACY=99"],
         cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
-    # Every step ran; then the gate failed the make: 300 steps do not read 99 % of the engine's held-out words.
+    # Every step ran; then the gate failed the make: 100 steps do not read 99 % of the engine's held-out words.
     assert result.returncode != 0, result.stdout[-3000:]
     assert "held-out word accuracy" in result.stdout and "(demo target > 99%)" in result.stdout, result.stderr[-3000:]
     for step in range(1, 7):

@@ -112,8 +112,6 @@ SUBSTITUTIONS = [
     (r"^accelerate ", f"{BIN / 'accelerate'} "),
     (r"--num_samples 20000", "--num_samples 24"),
     (r"<exp_name>", "TPS-ResNet-BiLSTM-Attn-Seed1111"),
-    # The from-nothing recipe validates on 1,000 rendered words; a handful shows the same path.
-    (r"--config recipes/pretrain_synth\.yaml", "--config recipes/pretrain_synth.yaml --synth_valid_samples 16"),
 ]
 # Extra arguments per script, appended to keep the run small.
 EXTRA_ARGS = {
@@ -145,6 +143,9 @@ def prepared(command: str) -> str:
     for script, extra in EXTRA_ARGS.items():
         if f"{script} " in command or command.endswith(script):
             command += f" {extra}"
+    synthetic_only = "--select_data synth " in command or "recipes/pretrain_synth.yaml" in command
+    if "scripts/train.py" in command and synthetic_only and "--valid_data" not in command:
+        command += " --synth_valid_samples 16"  # it validates on 1,000 rendered words; a handful shows the same path
     return command
 
 
