@@ -1,4 +1,5 @@
-"""Shared by the benchmarks: the machine header, interleaved repeated runs, and median (range) formatting.
+"""Shared by the benchmarks: the machine header, interleaved repeated runs, median (range) formatting, and the
+training rate of an ``accelerate launch scripts/train.py`` child run on this checkout.
 
 Every compared configuration is timed in ``repeats`` runs per side, the sides interleaved run by run (ours,
 baseline, ours, baseline, ...) after one untimed warm-up of each side, so that a change in the machine's load during
@@ -9,12 +10,17 @@ rates; the ratio is the ratio of the medians.
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def cpu_model() -> str:
@@ -107,3 +113,20 @@ def raw(label: str, rates: dict[str, list[float]], digits: int = 1) -> str:
     """One line with every per-run rate, in run order, for the log."""
     return f"{label}: " + "; ".join(f"{name} " + ", ".join(f"{r:,.{digits}f}" for r in values)
                                     for name, values in rates.items())  # fmt: skip
+
+
+def child_env() -> dict[str, str]:
+    """The environment of a child process: this checkout first on PYTHONPATH, so the child imports this tree's
+    text_recognition (not another checkout installed in the virtualenv)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    return env
+
+
+def train_images_per_second(command: list[str], run_dir: str | os.PathLike) -> float:
+    """Run ``command`` (an ``accelerate launch ... scripts/train.py`` writing ``run_dir``) and return the
+    ``train_images_per_second`` of its ``all_results.json``; a failed run raises with the end of its output."""
+    result = subprocess.run(command, capture_output=True, text=True, env=child_env())
+    if result.returncode:
+        raise RuntimeError(result.stdout[-2000:] + result.stderr[-2000:])
+    return json.loads((Path(run_dir) / "all_results.json").read_text())["train_images_per_second"]

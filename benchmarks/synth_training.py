@@ -18,8 +18,6 @@ untimed warm-up run of each side, then ``--repeats`` timed runs per side, interl
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -27,7 +25,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _timing import footer, header, interleaved, ratio, raw, summary  # noqa: E402
+from _timing import (  # noqa: E402
+    child_env,
+    footer,
+    header,
+    interleaved,
+    ratio,
+    raw,
+    summary,
+    train_images_per_second,
+)
 
 # flags, batch size, steps per timed run (about 30 s of training each on 2 cores)
 MODELS = {
@@ -36,13 +43,6 @@ MODELS = {
 }
 STAGES = ["--Transformation", "None", "--FeatureExtraction", "VGG", "--SequenceModeling", "BiLSTM", "--Prediction",
           "CTC"]  # fmt: skip
-
-
-def child_env() -> dict[str, str]:
-    """This tree first on the children's PYTHONPATH, so they import this checkout's text_recognition."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    return env
 
 
 def synthesize(output: Path, num_samples: int, seed: int) -> None:
@@ -62,10 +62,7 @@ def train(work: Path, model: str, source: str, iterations: int, workers: int) ->
                "--num_iter", str(iterations), "--valInterval", str(10**9), "--workers", str(workers), "--adam",
                "--lr", "1e-3", "--output_dir", str(run), "--exp_name", "run", "--overwrite_output_dir",
                "--report_to", "none", *STAGES, *flags]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, env=child_env())
-    if result.returncode:
-        raise RuntimeError(result.stdout[-2000:] + result.stderr[-2000:])
-    return json.loads((run / "run" / "all_results.json").read_text())["train_images_per_second"]
+    return train_images_per_second(command, run / "run")
 
 
 def main() -> None:

@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -53,14 +51,6 @@ def _load(name: str, filename: str):
 
 data_benchmark = _load("data_benchmark", "data.py")
 timing = _load("benchmark_timing", "_timing.py")
-
-
-def child_env() -> dict[str, str]:
-    """The environment of the accelerate launch: this tree first on PYTHONPATH, so the child imports this tree's
-    text_recognition (not another checkout installed in the virtualenv)."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    return env
 
 
 def dtrb_style_train(root: Path, stages: str, batch_size: int, iterations: int, workers: int) -> float:
@@ -125,10 +115,7 @@ def ours(root: Path, run: Path, stages: str, batch_size: int, iterations: int, w
                "--output_dir", str(run), "--exp_name", "run", "--report_to", "none",
                "--Transformation", transformation, "--FeatureExtraction", feature, "--SequenceModeling", sequence,
                "--Prediction", prediction]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, env=child_env())
-    if result.returncode:
-        raise RuntimeError(result.stdout[-2000:] + result.stderr[-2000:])
-    return json.loads((run / "run" / "all_results.json").read_text())["train_images_per_second"]
+    return timing.train_images_per_second(command, run / "run")
 
 
 def main() -> None:
@@ -142,7 +129,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per side, interleaved with the other sides")
     args = parser.parse_args()
     child = subprocess.run([sys.executable, "-c", "import text_recognition; print(text_recognition.__file__)"],
-                           capture_output=True, text=True, env=child_env(), cwd="/")  # fmt: skip
+                           capture_output=True, text=True, env=timing.child_env(), cwd="/")  # fmt: skip
     start_time = timing.header(
         f"{args.repeats} timed runs per side, interleaved after a warm-up; batch {args.batch_size}, "
         f"{args.iterations} steps per run, {args.workers} data worker(s) per loader\n"
