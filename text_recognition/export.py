@@ -338,7 +338,7 @@ def load_check_images(
         ValueError: ``folder`` has no image, or none decodes.
         NotADirectoryError: ``folder`` does not exist.
     """
-    from .transforms import preprocess
+    from .transforms import load_image, preprocess
 
     if folder is None:
         from .data.synth import SyntheticWords
@@ -353,7 +353,7 @@ def load_check_images(
     images, passed_over = [], []
     for path in paths:
         try:
-            images.append(preprocess([path], config))
+            images.append(load_image(path, config.input_channel))
         except (ValueError, OSError) as error:
             passed_over.append(f"{path}: {error}")
         if len(images) == count:
@@ -363,7 +363,7 @@ def load_check_images(
     if not images:
         raise ValueError(f"None of the {len(paths)} images under {os.fspath(folder)!r} could be decoded to check the "
                          f"export on (the first: {passed_over[0]}).")  # fmt: skip
-    return torch.cat(images)
+    return preprocess(images, config)
 
 
 def _opset_of(path: Path) -> int:

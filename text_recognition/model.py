@@ -424,17 +424,14 @@ def load_model(
         return TextRecognitionModel.from_dtrb_checkpoint(path, config, map_location=map_location)
     if path.is_dir():
         if not (path / "config.json").is_file():
-            bests = [name for name in ("best_accuracy", "best_norm_ED") if (path / name / "config.json").is_file()]
+            bests = [repr(str(path / name)) for name in ("best_accuracy", "best_norm_ED")
+                     if (path / name / "config.json").is_file()]  # fmt: skip
             if bests:
                 raise FileNotFoundError(f"{str(path)!r} is a training run's folder, not a model folder: give "
-                                        f"{str(path / bests[0])!r}" + (f" (or {str(path / bests[1])!r})"
-                                                                       if len(bests) > 1 else "") + ".")  # fmt: skip
+                                        f"{' (or '.join(bests)}{')' * (len(bests) - 1)}.")  # fmt: skip
             raise FileNotFoundError(f"{str(path)!r} is not a model folder: it has no config.json.")
-        _check_config_file(path / "config.json")
-        try:
-            return TextRecognitionModel.from_pretrained(path, map_location=map_location)
-        except TypeError as error:  # a key ModelConfig does not take
-            raise ValueError(f"{str(path / 'config.json')!r} is not a model configuration: {error}.") from None
+        _check_config_file(path / "config.json")  # every key and value checked there, naming the file
+        return TextRecognitionModel.from_pretrained(path, map_location=map_location)
     name = os.fspath(saved_model)
     if not is_repo_id(name):
         raise FileNotFoundError(f"{name!r} does not exist (expected a model folder, a Hub id or a DTRB .pth).")
