@@ -5,7 +5,8 @@
     python scripts/demo.py --image_folder demo_image/ --saved_model TPS-ResNet-BiLSTM-Attn.pth \\
         --Transformation TPS --FeatureExtraction ResNet --SequenceModeling BiLSTM --Prediction Attn
 
---saved_model is a model folder, a Hub id, or a DTRB .pth with its model flags.
+--saved_model is a model folder, a Hub id, a DTRB .pth with its model flags, or an exported .onnx (fp32 or int8,
+with its sidecar .onnx.json), run by onnxruntime.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from text_recognition.cli import (
     run,
 )
 from text_recognition.inference import find_images, recognize_files
-from text_recognition.model import load_model
+from text_recognition.model import is_dtrb_checkpoint, load_model
 
 LOG_FILE = "log_demo_result.txt"
 
@@ -36,7 +37,7 @@ LOG_FILE = "log_demo_result.txt"
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--image_folder", required=True, help="folder of .jpg/.jpeg/.png word images (recursive)")
-    parser.add_argument("--saved_model", required=True, help="model folder, Hub id, or DTRB .pth")
+    parser.add_argument("--saved_model", required=True, help="model folder, Hub id, DTRB .pth, or exported .onnx")
     parser.add_argument("--batch_size", type=int, default=192, help="images per forward pass (default 192)")
     parser.add_argument("--workers", type=int, default=4, help="image-decoding worker processes (default 4)")
     parser.add_argument("--output", help="also write the results to FILE.tsv (path, text, confidence) or FILE.json")
@@ -51,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     config = model_config_from_args(args, require_stages=False)
     model = load_model(args.saved_model, config).to("cuda" if torch.cuda.is_available() else "cpu")
-    if config is None or not Path(args.saved_model).is_file():  # a folder or Hub id: flags must agree with it
+    if config is None or not is_dtrb_checkpoint(args.saved_model):  # a folder, Hub id or .onnx: flags must agree
         check_model_flags(args, model.config, repr(args.saved_model))
     if args.output and not args.output.endswith((".tsv", ".json")):
         raise ValueError(f"--output must end with .tsv or .json, got {args.output!r}.")

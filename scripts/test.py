@@ -7,8 +7,9 @@
         --saved_model TPS-ResNet-BiLSTM-Attn.pth --Transformation TPS --FeatureExtraction ResNet \\
         --SequenceModeling BiLSTM --Prediction Attn
 
---saved_model is a model folder, a Hub id, or a DTRB .pth with its model flags; with a folder or Hub id, model flags
-must agree with its config.json (an error says which do not). --sensitive and --data_filtering_off are evaluation
+--saved_model is a model folder, a Hub id, a DTRB .pth with its model flags, or an exported .onnx (fp32 or int8,
+with its sidecar .onnx.json: run by onnxruntime, scored the same way); with a folder, Hub id or .onnx, model flags
+must agree with its recorded configuration (an error says which do not). --sensitive and --data_filtering_off are evaluation
 flags, as in DTRB: they decide which samples load, how ground truths are cleaned and, under the default
 --protocol dtrb, how predictions are compared, whatever the model's config says. --eval_data is an LMDB tree,
 datasets folders or a Hub dataset. With --benchmark_all_eval, DTRB's ten sets are evaluated (plus --datasets) and
@@ -47,7 +48,7 @@ from text_recognition.evaluation import (
     write_outputs,
 )
 from text_recognition.metrics import PROTOCOLS, Protocol
-from text_recognition.model import load_model
+from text_recognition.model import is_dtrb_checkpoint, load_model
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--eval_data", required=True, help="LMDB tree, datasets folders, or Hub dataset id")
     parser.add_argument("--benchmark_all_eval", action="store_true", help="DTRB's ten benchmark sets")
     parser.add_argument("--datasets", nargs="+", default=[], help="more dataset folder names to evaluate")
-    parser.add_argument("--saved_model", required=True, help="model folder, Hub id, or DTRB .pth")
+    parser.add_argument("--saved_model", required=True, help="model folder, Hub id, DTRB .pth, or exported .onnx")
     parser.add_argument("--batch_size", type=int, default=192, help="evaluation batch size (default 192)")
     parser.add_argument("--workers", type=int, default=4, help="data loading workers (default 4)")
     parser.add_argument("--data_filtering_off", action="store_true", help="keep every sample (DTRB's flag)")
@@ -87,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     protocol = Protocol(args.protocol, args.sensitive, args.data_filtering_off)
     model = load_model(args.saved_model, model_config_from_args(args, require_stages=False))
-    if not Path(args.saved_model).is_file():  # a folder or Hub id: its config.json, which flags must agree with
+    if not is_dtrb_checkpoint(args.saved_model):  # a folder, Hub id or .onnx records its config: flags must agree
         check_model_flags(args, model.config, repr(args.saved_model), evaluation_flags=("sensitive",))
     if protocol.name == "dtrb" and model.config.sensitive and not args.sensitive:
         print(f"note: {args.saved_model} is case-sensitive but --sensitive was not given: as DTRB's test.py, the "
@@ -103,7 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       compile=args.compile, keep_unscored=True)  # fmt: skip
     result_dir = write_outputs(report, Path(args.result_dir) / dtrb_exp_name(str(args.saved_model)),
                                args.benchmark_all_eval)  # fmt: skip
-    print(f"{args.saved_model}: {model.config.stage_string}\n{report.table()}\nlogs and failure cases: {result_dir}")
+    print(f"{args.saved_model}: {model.config.stage_string}, run by {report.run_by}\n{report.table()}\n"
+          f"logs and failure cases: {result_dir}")
     if args.plots:
         from text_recognition.plots import write_evaluation_plots
 
@@ -126,7 +128,13 @@ def push_results(saved_model: str, repo: str, report: EvaluationReport) -> None:
     from text_recognition.hub import NO_RESULTS, card_with_results, is_repo_id, push_model_card
 
     folder = Path(saved_model)
-    if folder.is_dir():
+    if folder.suffix.lower() == ".onnx":  # an exported file's results go beside its model's, labelled as such
+        if not repo:
+            raise ValueError("--push_results_to_hub with an .onnx --saved_model needs the Hub id of the model it was "
+                             "exported from: --push_results_to_hub user/repo.")  # fmt: skip
+        folder = Path()  # no local card
+        card = ModelCard.load(repo)
+    elif folder.is_dir():
         readme = folder / "README.md"
         card = ModelCard.load(readme) if readme.is_file() else ModelCard(f"## Evaluation\n\n{NO_RESULTS}\n")
     elif is_repo_id(saved_model):
@@ -137,7 +145,7 @@ def push_results(saved_model: str, repo: str, report: EvaluationReport) -> None:
     if not repo:
         raise ValueError("--push_results_to_hub needs a repo id when --saved_model is a local folder.")
     card = card_with_results(card, report.card_results(), report.model)
-    if folder.is_dir():
+    if folder.is_dir() and folder != Path():
         card.save(folder / "README.md")
     push_model_card(repo, card)
     print(f"evaluation results added to the model card of {repo}")

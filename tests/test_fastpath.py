@@ -116,7 +116,9 @@ def test_recognize_precision_and_compile_options():
     bf16 = model.recognize(images, batch_size=4, precision="bf16")
     assert len(bf16) == len(reference) and all(0.0 <= r.confidence <= 1.0 for r in bf16)
     assert model.recognize(images, batch_size=4, precision="no") == reference  # accelerate's spelling of fp32
-    with pytest.raises(ValueError, match="precision must be one of fp32, bf16, fp16"):
+    with pytest.raises(ValueError, match="precision must be one of auto, fp32, bf16, fp16"):
+        model.recognize(images, precision="fp8")
+    with pytest.raises(ValueError, match="int8 is the precision of an int8 export"):
         model.recognize(images, precision="int8")
     assert check_precision("bfloat16") == "bf16"
 

@@ -128,7 +128,7 @@ EXPECTED_FILES = {
     "docs/training.md": ["saved_models/TPS-ResNet-BiLSTM-Attn-Seed1111/best_accuracy/config.json", "grid.png",
                          "saved_models/trba-finetuned/best_accuracy/config.json"],
     "docs/evaluation.md": ["results.json"],
-    "docs/export.md": ["trba.onnx", "trba.onnx.json"],
+    "docs/export.md": ["trba.onnx", "trba.onnx.json", "crnn.onnx.json", "crnn_int8.onnx", "crnn_int8.onnx.json"],
     "docs/hub.md": ["my_model/README.md"],
 }  # fmt: skip
 # Hub repos a page reads before it pushes them (README: the one-liner comes before "Share on the Hub").

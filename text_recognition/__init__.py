@@ -1,7 +1,8 @@
 """text_recognition: DTRB's four-stage scene-text-recognition models, trained and shared the Hugging Face way."""
 
 from .config import CHARSET_36, CHARSET_94, ModelConfig
-from .model import Recognition, TextRecognitionModel, init_dtrb_weights
+from .model import Recognition, TextRecognitionModel, init_dtrb_weights, load_model
+from .onnx_model import OnnxModel
 from .registry import list_stages
 from .tokenizer import AttnTokenizer, CTCTokenizer, build_tokenizer
 
@@ -13,10 +14,12 @@ __all__ = [
     "AttnTokenizer",
     "CTCTokenizer",
     "ModelConfig",
+    "OnnxModel",
     "Recognition",
     "TextRecognitionModel",
     "build_tokenizer",
     "init_dtrb_weights",
     "list_stages",
+    "load_model",
     "__version__",
 ]

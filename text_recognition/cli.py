@@ -88,16 +88,21 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
 
 
 def precision(value: str) -> str:
-    """``--precision``'s type: ``fp32``, ``bf16`` or ``fp16`` (accelerate's ``no`` is ``fp32``)."""
-    return check_precision(value)
+    """``--precision``'s type: ``auto``, ``fp32``, ``bf16``, ``fp16`` (accelerate's ``no`` is ``fp32``), or ``int8``
+    (an int8 export's own)."""
+    if str(value).lower() == "int8":
+        return "int8"
+    return check_precision(value, allow_auto=True)
 
 
 def add_speed_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """``--precision`` (alias ``--mixed_precision``) and ``--compile`` for the inference scripts (test.py, demo.py)."""
     group = parser.add_argument_group("speed")
-    group.add_argument("--precision", "--mixed_precision", dest="precision", type=precision, default="fp32",
-                       help=f"forward pass under autocast: {' | '.join(PRECISIONS)} (default fp32, DTRB's; losses, "
-                            f"CTC, the TPS grid and decoding stay fp32)")  # fmt: skip
+    group.add_argument("--precision", "--mixed_precision", dest="precision", type=precision, default=None,
+                       help=f"forward pass under autocast: auto | {' | '.join(PRECISIONS)} (default: fp32, DTRB's, "
+                            f"or an exported .onnx's own; losses, CTC, the TPS grid and decoding stay fp32). auto: "
+                            f"the fastest that keeps the measured accuracy on this machine (bf16 on a GPU with bf16 "
+                            f"or a CPU with AMX, for CTC models; else fp32)")  # fmt: skip
     group.add_argument("--compile", action="store_true",
                        help="torch.compile the encoder (CNN + BiLSTM) first; the attention decoder stays eager. "
                             "Compilation takes seconds to minutes and pays on large runs")  # fmt: skip

@@ -23,9 +23,10 @@ from .data.loaders import TextData, filtered_sources
 from .data.mixing import MixedSources
 from .decoding import DecodingOptions
 from .fastpath import autocast as precision_autocast
-from .fastpath import check_precision, compile_encoder
+from .fastpath import compile_encoder, resolve_precision
 from .metrics import Protocol
 from .model import TextRecognitionModel
+from .onnx_model import OnnxModel, check_onnx_speed_options
 
 # The prediction records (records.py) and the report (reports.py) keep this module as an import path.
 from .records import Record, Scores, _eval_loader, _synchronize, is_correct, predict_records, score_records  # noqa: F401
@@ -65,7 +66,7 @@ def _select(available: list[str], names: list[str] | None, eval_data: str | os.P
 
 
 def evaluate(
-    model: TextRecognitionModel,
+    model: TextRecognitionModel | OnnxModel,
     eval_data: str | os.PathLike,
     *,
     names: list[str] | None = None,
@@ -77,7 +78,7 @@ def evaluate(
     timing_samples: int = 100,
     model_name: str | None = None,
     decoding: DecodingOptions | None = None,
-    precision: str = "fp32",
+    precision: str | None = None,
     compile: bool = False,
     keep_unscored: bool = False,
 ) -> EvaluationReport:
@@ -92,8 +93,9 @@ def evaluate(
     synchronised (with the search, for a ``decoding`` other than greedy); ``ms_per_image_batch1`` the same one image
     at a time over ``timing_samples`` images (0: skip). Each dataset also gets its calibration (ECE at the model's
     ``temperature``) and selective-prediction scores (AURC, coverage at 95 % and 99 % accuracy).
-    ``precision`` (``fp32``, ``bf16``, ``fp16``) runs the forward pass under that autocast (losses, CTC, the TPS grid
-    and decoding stay fp32); ``compile`` compiles the encoder first (``fastpath.compile_encoder``), its compilation
+    ``precision`` (``fp32``, ``bf16``, ``fp16``, ``auto``: ``fastpath.resolve_precision``; ``None``: fp32, or an
+    ``OnnxModel``'s own) runs the forward pass under that autocast (losses, CTC, the TPS grid and decoding stay fp32);
+    ``model`` may be an exported file (``OnnxModel``), which runs at its own precision; ``compile`` compiles the encoder first (``fastpath.compile_encoder``), its compilation
     falling in the untimed warm-up batches (``warmup_seconds``).
 
     A dataset of which no sample could be scored (all undecodable or filtered out) is an error, unless
@@ -109,11 +111,16 @@ def evaluate(
     decoder = model.decoder(decoding)
     if not isinstance(protocol, Protocol):
         protocol = Protocol(protocol, sensitive, data_filtering_off)
-    precision = check_precision(precision)
-    device = next(model.parameters()).device
-    if compile:
-        compile_encoder(model)
-    autocast = (lambda: precision_autocast(device, precision)) if precision != "fp32" else None
+    backend = getattr(model, "description", "PyTorch")
+    if isinstance(model, OnnxModel):  # the file's own precision; nothing to compile
+        check_onnx_speed_options(model, precision, compile)
+        precision, autocast = model.precision, None
+    else:
+        precision = resolve_precision(precision, model.device, model.config)
+        if compile:
+            compile_encoder(model)
+        autocast = (lambda: precision_autocast(model.device, precision)) if precision != "fp32" else None
+    device = model.device
     timings: dict[str, float] = {}
     # DTRB's dataset rules for the evaluation flags: the model's charset and length, the flag's case mode.
     data_rules = dataclasses.replace(model.config, sensitive=protocol.sensitive)
@@ -154,7 +161,7 @@ def evaluate(
         batch1 = 1000 * seconds / count
     return EvaluationReport(model_name or model.config.stage_string, results, model.num_parameters, batch_size,
                             batch1, protocol, decoding, precision, compile, timings.get("warmup", 0.0),
-                            unscored)  # fmt: skip
+                            unscored, backend)  # fmt: skip
 
 
 def unscored_message(unscored: list[str], eval_data: str | os.PathLike) -> str:
@@ -187,7 +194,7 @@ class Calibration:
 
 
 def calibrate(
-    model: TextRecognitionModel,
+    model: TextRecognitionModel | OnnxModel,
     data: TextData,
     protocol: Protocol,
     *,
@@ -204,7 +211,7 @@ def calibrate(
     """
     from .calibration import confidences_at, fit_temperature
 
-    device = device or next(model.parameters()).device
+    device = device or model.device
     rows: list[torch.Tensor] = []
     records, _, _ = predict_records(model, data, list(range(len(data.dataset))), batch_size, device=device,
                                     num_workers=num_workers, autocast=autocast, logit_rows=rows)  # fmt: skip

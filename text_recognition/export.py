@@ -33,7 +33,6 @@ rounding, not a broken export, and ``verify_onnx``'s error says so when it is th
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import tempfile
 import warnings
@@ -64,13 +63,14 @@ from .export_parity import (  # noqa: F401  (all of these were defined here befo
     reference_prefix,
 )
 from .model import TextRecognitionModel, expected_sequence_length
+from .onnx_model import SIDECAR_FORMAT, file_sha256, sidecar_path, write_sidecar  # noqa: F401  (sidecar_path: was here)
 from .tokenizer import BLANK_ID, EOS_ID, GO_ID
 
 INPUT_NAME = "pixel_values"
 OUTPUT_NAME = "logits"
 DEFAULT_OPSET = 17
 MIN_OPSET_TPS = 16  # ONNX GridSample
-SIDECAR_FORMAT_VERSION = 1
+SIDECAR_FORMAT_VERSION = 2  # 2: onnx_sha256, precision and quantization (version 1 files are still read)
 
 # The stage prefixes verify_onnx exports on their own to find a faulty stage, in model order.
 STAGES = ("Transformation", "FeatureExtraction", "SequenceModeling", "Prediction")
@@ -136,12 +136,6 @@ class OnnxExportModule(nn.Module):
         if self.until == "SequenceModeling":
             return x
         return self.model.Prediction(x)  # [B, T, num_class]; Attn: greedy over batch_max_length + 1 steps
-
-
-def sidecar_path(path: str | os.PathLike) -> Path:
-    """The decoding metadata written next to an export: ``model.onnx`` -> ``model.onnx.json``."""
-    path = Path(path)
-    return path.with_name(path.name + ".json")
 
 
 def _export_copy(model: TextRecognitionModel) -> TextRecognitionModel:
@@ -247,7 +241,7 @@ def export_onnx(
         raise OnnxExportError(_export_failure_message(model, error, opset)) from error
     onnx.checker.check_model(str(path))
     metadata = onnx_metadata(model.config, opset=opset, batch_size_dynamic=batch_size_dynamic, decoding=decoding)
-    sidecar_path(path).write_text(json.dumps(metadata, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_sidecar(path, {**metadata, "num_parameters": model.num_parameters, "onnx_sha256": file_sha256(path)})
     return path
 
 
@@ -287,8 +281,10 @@ def onnx_metadata(
         confidence = ("product over the steps before the first [s] of the max of softmax(logits / temperature); "
                       "0 if empty")
     return {
-        "format": "text_recognition-onnx",
+        "format": SIDECAR_FORMAT,
         "format_version": SIDECAR_FORMAT_VERSION,
+        "precision": "fp32",
+        "quantization": None,
         "text_recognition_version": __version__,
         "stage_string": config.stage_string,
         "prediction": config.prediction,

@@ -31,17 +31,8 @@ import numpy as np
 import torch
 
 from .model import TextRecognitionModel
+from .onnx_model import INSTALL_HINT, OnnxUnavailableError, _import_onnxruntime  # noqa: F401  (defined here before)
 from .tokenizer import GO_ID
-
-INSTALL_HINT = "pip install 'text_recognition[onnx]'"
-
-
-class OnnxUnavailableError(ImportError, ValueError):
-    """``onnx`` or ``onnxruntime`` is not installed.
-
-    Also a ``ValueError``, so that ``text_recognition.cli.run`` reports it in one line instead of a traceback.
-    """
-
 
 class OnnxMismatchError(ValueError):
     """onnxruntime's logits differ from PyTorch's beyond the tolerance (under the rule of ``compare_logits``).
@@ -92,16 +83,6 @@ class Parity:
     first_difference: Difference | None
     near_ties: tuple[NearTie, ...]
     pytorch_logits: torch.Tensor = field(repr=False)  # PyTorch's greedy logits [B, T, C]
-
-
-def _import_onnxruntime():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise OnnxUnavailableError(
-            f"Checking an ONNX export needs onnxruntime, which is not installed: {INSTALL_HINT}"
-        ) from None
-    return onnxruntime
 
 
 def _run_onnx(path: str | os.PathLike, pixel_values: torch.Tensor) -> np.ndarray:

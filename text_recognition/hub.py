@@ -132,12 +132,24 @@ def eval_results_for_card(eval_results: list[dict[str, Any]]) -> list[EvalResult
             dataset_name=result["dataset"],
             dataset_split=result.get("split", "test"),
             metric_type="accuracy",
-            metric_name=f"Word accuracy ({result.get('protocol') or 'dtrb'})",
-            metric_config=result.get("protocol") or "dtrb",
+            metric_name=f"Word accuracy ({metric_config(result)})",
+            metric_config=metric_config(result),
             metric_value=round(float(result["accuracy"]), 3),
         )
         for result in eval_results
     ]
+
+
+#: What produced a result when its dict does not say (the trained model itself).
+DEFAULT_RUN_BY = "PyTorch fp32"
+
+
+def metric_config(result: dict[str, Any]) -> str:
+    """The protocol, and what ran the model unless it is the PyTorch model in fp32: ``"dtrb; onnxruntime int8"``.
+    An exported file's results are then kept beside the model's own instead of replacing them."""
+    protocol = result.get("protocol") or "dtrb"
+    run_by = result.get("run_by") or DEFAULT_RUN_BY
+    return protocol if run_by == DEFAULT_RUN_BY else f"{protocol}; {run_by}"
 
 
 def hub_dataset_ids(training: dict[str, Any] | None) -> list[str]:
@@ -155,13 +167,17 @@ def results_markdown(eval_results: list[dict[str, Any]]) -> str:
         return "" if value is None else format(value, spec)
 
     calibrated = any(r.get("ece") is not None for r in eval_results)
+    run_by = any((r.get("run_by") or DEFAULT_RUN_BY) != DEFAULT_RUN_BY for r in eval_results)
     head = "| dataset | samples | word accuracy (%) | 1 - NED | mean confidence |"
+    if run_by:
+        head = "| dataset | run by | samples | word accuracy (%) | 1 - NED | mean confidence |"
     if calibrated:
         head += " ECE (temperature) | AURC | coverage @ 95 % accuracy |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in eval_results:
         samples = "" if r.get("num_samples") is None else r["num_samples"]
-        line = (f"| {r['dataset']} | {samples} | {r['accuracy']:.3f} | {number(r.get('norm_ED'), '.4f')} | "
+        by = f" {r.get('run_by') or DEFAULT_RUN_BY} |" if run_by else ""
+        line = (f"| {r['dataset']} |{by} {samples} | {r['accuracy']:.3f} | {number(r.get('norm_ED'), '.4f')} | "
                 f"{number(r.get('mean_confidence'), '.4f')} |")
         if calibrated:
             temperature = r.get("temperature")

@@ -3,6 +3,7 @@ with DataLoader workers."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Iterator
@@ -74,22 +75,28 @@ def recognize_files(
     num_workers: int = 0,
     decoding: DecodingOptions | None = None,
     *,
-    precision: str = "fp32",
+    precision: str | None = None,
     compile: bool = False,
 ) -> Iterator[FileResult]:
     """Recognise image files, in the given order, decoded as ``decoding`` says (default greedy). A file that cannot
     be decoded yields a result with ``error`` set instead of stopping the run (DTRB silently substituted a black
-    image). ``precision`` and ``compile`` are ``recognize``'s."""
+    image). ``precision`` and ``compile`` are ``recognize``'s; ``model`` may be an ``OnnxModel``."""
     decoder = model.decoder(decoding)
+    onnx = getattr(model, "backend", None) == "onnxruntime"
+    if onnx:
+        from .onnx_model import check_onnx_speed_options
+
+        check_onnx_speed_options(model, precision, compile)
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
     if num_workers < 0:
         raise ValueError(f"workers must be 0 or more, got {num_workers}.")
     model.eval()
-    device = next(model.parameters()).device
+    device = model.device
     loader = DataLoader(paths, batch_size=batch_size, num_workers=num_workers, collate_fn=_LoadBatch(model.config))
+    settings = contextlib.nullcontext if onnx else lambda: inference_settings(model, precision, compile)
     for batch_paths, tensors, errors in loader:
-        with inference_settings(model, precision, compile):
+        with settings():
             recognitions = iter(model.recognize_batch(tensors.to(device), decoder) if tensors is not None else [])
         for path, error in zip(batch_paths, errors):
             yield FileResult(path, None if error else next(recognitions), error)

@@ -7,7 +7,7 @@ import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from huggingface_hub import PyTorchModelHubMixin, hf_hub_download
@@ -23,6 +23,9 @@ from .hub import build_card, is_repo_id, load_model_card_template
 from .registry import build_stage
 from .tokenizer import BLANK_ID, EOS_ID, build_tokenizer
 from .transforms import ImageInput, preprocess
+
+if TYPE_CHECKING:
+    from .onnx_model import OnnxModel
 
 SAFETENSORS_NAME = "model.safetensors"
 
@@ -204,7 +207,9 @@ class TextRecognitionModel(
                 together).
             precision: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"``: the forward pass under that autocast (the
                 TPS grid and the decoding stay fp32). bf16 reads english_g2's real words within 0.3 points of fp32
-                (``BENCHMARKS.md``).
+                (``BENCHMARKS.md``). ``"auto"``: the fastest that keeps that accuracy here (``fastpath.
+                resolve_precision``: bf16 on a GPU with bf16 or a CPU with AMX, for CTC models; else fp32). bf16 or
+                fp16 on a CPU without native kernels for it warns once (``SlowPrecisionWarning``).
             compile: ``torch.compile`` the encoder first (once; see ``compile_encoder``). The first batches pay the
                 compilation; it pays on repeated calls.
             beam_width: hypotheses kept per image (CTC prefix beam search, attention beam search); 1 is greedy.
@@ -234,7 +239,7 @@ class TextRecognitionModel(
             raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
         was_training = self.training
         self.eval()
-        device = next(self.parameters()).device
+        device = self.device
         results: list[Recognition] = []
         try:
             with inference_settings(self, precision, compile):
@@ -250,6 +255,22 @@ class TextRecognitionModel(
         build it once and pass it to ``recognize_batch`` for many batches (a large lexicon is compiled once)."""
         return Decoder(self.tokenizer, options or DecodingOptions(), self.config.batch_max_length,
                        self.config.temperature)  # fmt: skip
+
+    def predict_batch(self, pixel_values: torch.Tensor, decoder: Decoder | None = None
+                      ) -> tuple[torch.Tensor, list[Recognition] | None]:  # fmt: skip
+        """What evaluation scores for a preprocessed batch: the greedy logits [B, T, num_class] (DTRB's forward,
+        for the loss and calibration) and, when ``decoder`` searches (beam search, constraints), its results from
+        the same encoder features; ``None`` when greedy (decode the logits)."""
+        features = self.encode(pixel_values)
+        logits = self.Prediction(features)  # greedy for attention: what is evaluated is what inference gives
+        if decoder is None or decoder.options.is_greedy:
+            return logits, None
+        return logits, decoder.decode(self.Prediction, features)
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the model's weights."""
+        return next(self.parameters()).device
 
     @torch.inference_mode()
     def recognize_batch(self, pixel_values: torch.Tensor, decoder: Decoder | None = None) -> list[Recognition]:
@@ -394,20 +415,34 @@ def _check_config_file(path: Path) -> None:
         raise ValueError(f"{str(path)!r}: {str(error).rstrip('.')}. Fix it there, or save the model again.") from None
 
 
+def is_dtrb_checkpoint(saved_model: str | os.PathLike) -> bool:
+    """Whether ``--saved_model`` names a DTRB checkpoint file (which does not record its configuration), rather than
+    a model folder, a Hub id or an exported ``.onnx`` (which do: model flags given with them must agree)."""
+    path = Path(saved_model)
+    return path.is_file() and path.suffix.lower() != ".onnx"
+
+
 def load_model(
     saved_model: str | os.PathLike, config: ModelConfig | None = None, map_location: str = "cpu"
-) -> TextRecognitionModel:
-    """Load ``--saved_model`` as every script accepts it: a model folder, a Hub repo id, or a DTRB ``.pth``.
+) -> TextRecognitionModel | OnnxModel:
+    """Load ``--saved_model`` as every script accepts it: a model folder, a Hub repo id, a DTRB ``.pth``, or an
+    exported ``.onnx`` file (with its sidecar), run by onnxruntime as an ``OnnxModel``.
 
     Args:
-        saved_model: a folder written by ``save_pretrained``, a Hub id (``"user/repo"``), or a DTRB checkpoint.
-        config: the architecture of a DTRB ``.pth`` (which does not record it); ignored for folders and Hub ids.
+        saved_model: a folder written by ``save_pretrained``, a Hub id (``"user/repo"``), a DTRB checkpoint, or an
+            ``.onnx`` file written by ``scripts/export_onnx.py`` (fp32 or int8).
+        config: the architecture of a DTRB ``.pth`` (which does not record it); ignored for the others.
 
     Raises:
         FileNotFoundError: nothing found at that path or Hub id.
-        ValueError: a ``.pth`` without ``config``, or weights that do not fit (``CheckpointMismatchError``).
+        ValueError: a ``.pth`` without ``config``, weights that do not fit (``CheckpointMismatchError``), or an
+            ``.onnx`` without its sidecar or with another file's (``OnnxModelError``).
     """
     path = Path(saved_model)
+    if path.suffix.lower() == ".onnx":
+        from .onnx_model import OnnxModel
+
+        return OnnxModel(path)
     if path.is_file() and path.suffix == ".safetensors":
         folder = path.parent
         if (folder / "config.json").is_file():

@@ -8,7 +8,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch.utils.data import DataLoader
@@ -17,8 +17,11 @@ from .calibration import path_logits
 from .data.collate import SkipTracker
 from .data.loaders import TextData
 from .decoding import Decoder
-from .metrics import Protocol, RecognitionMetrics
+from .metrics import Protocol, score_values
 from .model import TextRecognitionModel
+
+if TYPE_CHECKING:
+    from .onnx_model import OnnxModel
 
 
 class Record(NamedTuple):
@@ -37,7 +40,8 @@ class Record(NamedTuple):
 
 @dataclass
 class Scores:
-    """What ``RecognitionMetrics`` computes for a set of records, plus their mean confidence."""
+    """What ``score_values`` (and the ``RecognitionMetrics`` module) computes for a set of records, plus their mean
+    confidence."""
 
     accuracy: float
     norm_ED: float
@@ -49,12 +53,10 @@ class Scores:
 
 
 def score_records(records: list[Record], protocol: Protocol | None = None) -> Scores:
-    """Score prediction records under ``protocol`` (default ``dtrb``) with the ``RecognitionMetrics`` module."""
+    """Score prediction records under ``protocol`` (default ``dtrb``) with ``score_values`` (what the
+    ``RecognitionMetrics`` module computes)."""
     protocol = protocol or Protocol()
-    values = RecognitionMetrics().compute(
-        predictions=[r.prediction for r in records], references=[r.reference(protocol) for r in records],
-        protocol=protocol.name, sensitive=protocol.sensitive, data_filtering_off=protocol.data_filtering_off,
-    )  # fmt: skip
+    values = score_values([r.prediction for r in records], [r.reference(protocol) for r in records], protocol)
     confidence = sum(r.confidence for r in records) / len(records) if records else 0.0
     return Scores(**values, mean_confidence=confidence)
 
@@ -65,7 +67,7 @@ def is_correct(record: Record, protocol: Protocol) -> bool:
 
 @torch.no_grad()
 def predict_records(
-    model: TextRecognitionModel,
+    model: TextRecognitionModel | OnnxModel,
     data: TextData,
     indices: list[int],
     batch_size: int,
@@ -90,7 +92,6 @@ def predict_records(
     ``data`` and reused by the next call with the same indices."""
     tokenizer, config = model.tokenizer, model.config
     decoder = decoder or model.decoder()
-    search = not decoder.options.is_greedy
     loader = _eval_loader(data, indices, batch_size, num_workers, persistent)
     was_training = model.training
     model.eval()
@@ -115,15 +116,11 @@ def predict_records(
         _synchronize(device)
         start = time.perf_counter()
         with autocast() if autocast is not None else contextlib.nullcontext():
-            features = model.encode(images)
-            logits = model.Prediction(features)  # greedy for attention: what is evaluated is what inference gives
-            if search:
-                decoded = decoder.decode(model.Prediction, features)
+            logits, searched = model.predict_batch(images, decoder)
         _synchronize(device)
         seconds += time.perf_counter() - start
         losses.append(float(model.loss(logits, targets.to(device), lengths, **(loss_kwargs or {}))))
-        if not search:
-            decoded = decoder.decode_logits(logits)
+        decoded = searched if searched is not None else decoder.decode_logits(logits)
         if logit_rows is not None:
             logit_rows += path_logits(logits, config.prediction == "CTC")
         for label, stored, recognition, (source, index) in zip(

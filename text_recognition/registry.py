@@ -68,9 +68,14 @@ def canonical_stage_name(kind: str, name: str) -> str:
     return by_lower[name.lower()]
 
 
+def stage_class(kind: str, name: str) -> type[nn.Module]:
+    """The class registered as ``name`` of ``kind`` (for its static methods, e.g. a head's ``loss``)."""
+    return _STAGES[kind][canonical_stage_name(kind, name)]
+
+
 def build_stage(kind: str, name: str, config: ModelConfig, in_features: int) -> nn.Module:
     """Instantiate the stage ``name`` of ``kind`` for ``config`` with ``in_features`` input channels/features."""
-    return _STAGES[kind][canonical_stage_name(kind, name)].from_config(config, in_features)
+    return stage_class(kind, name).from_config(config, in_features)
 
 
 def _check_kind(kind: str) -> None:

@@ -52,6 +52,13 @@ class EvaluationReport:
     compiled: bool = False
     warmup_seconds: float = 0.0  # the untimed first batch of each dataset (torch.compile's compilation included)
     unscored: list[str] = field(default_factory=list)  # datasets of which no sample could be scored, with the reason
+    backend: str = "PyTorch"  # what ran the model: "PyTorch", or an exported file's "onnxruntime ..."
+
+    @property
+    def run_by(self) -> str:
+        """``"PyTorch fp32"``, ``"onnxruntime int8"``: the backend and precision that produced the results."""
+        backend = self.backend.split(" ")[0]
+        return f"{backend} {self.precision}"
 
     @property
     def total_accuracy(self) -> float:
@@ -76,6 +83,7 @@ class EvaluationReport:
         timing = f"ms/image (batch {self.batch_size})"
         lines = [
             f"Protocol: {self.protocol.description}",
+            f"Run by: {self.backend}{'' if self.backend != 'PyTorch' else ' ' + self.precision}",
             "",
             "| dataset | samples | accuracy (%) | norm_ED | CER | mean confidence | ECE | coverage @ 95% | "
             f"{timing} |",
@@ -86,9 +94,9 @@ class EvaluationReport:
                   f"{r.selective.get('coverage_at_accuracy', {}).get('0.95', 0.0):.3f} | {r.ms_per_image:.3f} |"
                   for r in self.results]  # fmt: skip
         if any(r.num_undecodable for r in self.results):  # a column only when some image could not be decoded
-            lines[2] = lines[2].replace("| samples |", "| samples | undecodable (not scored) |")
-            lines[3] += "---|"
-            for number, r in enumerate(self.results, start=4):
+            lines[3] = lines[3].replace("| samples |", "| samples | undecodable (not scored) |")
+            lines[4] += "---|"
+            for number, r in enumerate(self.results, start=5):
                 lines[number] = lines[number].replace(f"| {r.num_samples} |", f"| {r.num_samples} | "
                                                       f"{r.num_undecodable} |", 1)  # fmt: skip
         samples = sum(r.num_samples for r in self.results)
@@ -114,7 +122,7 @@ class EvaluationReport:
         if self.ms_per_image_batch1 is not None:
             lines.append(f"Latency at batch 1: {self.ms_per_image_batch1:.3f} ms/image. ")
         lines.append(f"Parameters: {self.num_params:,} ({self.num_params / 1e6:.3f} M).")
-        if self.precision != "fp32" or self.compiled:
+        if (self.precision != "fp32" and self.backend == "PyTorch") or self.compiled:
             lines.append(f"Precision: {self.precision}" + (f"; encoder compiled (warm-up batches, compilation "
                          f"included: {self.warmup_seconds:.1f} s, not in the timings above)." if self.compiled
                          else "."))  # fmt: skip
@@ -150,6 +158,8 @@ class EvaluationReport:
             "ms_per_image_batch1": self.ms_per_image_batch1,
             "decoding": self.decoding.to_json(words=False),
             "precision": self.precision,
+            "backend": self.backend,
+            "run_by": self.run_by,
             "compiled": self.compiled,
             "warmup_seconds": self.warmup_seconds,
             "unscored": self.unscored,
@@ -161,7 +171,8 @@ class EvaluationReport:
                  "mean_confidence": r.mean_confidence, "protocol": self.protocol.description,
                  "ece": r.calibration.get("ece"), "temperature": r.calibration.get("temperature"),
                  "aurc": r.selective.get("aurc"),
-                 "coverage_at_95": r.selective.get("coverage_at_accuracy", {}).get("0.95")}
+                 "coverage_at_95": r.selective.get("coverage_at_accuracy", {}).get("0.95"),
+                 "run_by": self.run_by}
                 for r in self.results]  # fmt: skip
 
 

@@ -96,3 +96,12 @@ def enable_cpu_fp16(accelerator: Accelerator) -> None:
     if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu" and accelerator.scaler is None:
         accelerator.native_amp = True
         accelerator.scaler = torch.amp.GradScaler("cpu")
+
+
+def warn_slow_precision(accelerator: Accelerator) -> None:
+    """``--mixed_precision bf16`` / ``fp16`` on a CPU without native kernels for it: warn once, on the main process,
+    with the measured cost and the fix (training goes on as asked)."""
+    from ..fastpath import warn_slow_precision as warn
+
+    if accelerator.mixed_precision in ("bf16", "fp16") and accelerator.is_main_process:
+        warn(accelerator.mixed_precision, accelerator.device)

@@ -29,7 +29,7 @@ from ..fastpath import compile_encoder
 from ..model import TextRecognitionModel, load_model
 from .distributed import main_process_first, main_reports
 from .hub_push import HubPusher
-from .optim import EMA, build_optimizer, build_scheduler, enable_cpu_fp16, freeze_stages
+from .optim import EMA, build_optimizer, build_scheduler, enable_cpu_fp16, freeze_stages, warn_slow_precision
 from .resume import changed_model_flags, check_resumed_config, resume_checkpoint, run_configs, truncate_log
 from .run_dir import CHECKPOINT_PREFIX, check_run_dir, check_shared_run_dir, clear_run_dir, remove_leftovers
 from .state import DASHED, Run, TrainingStopped
@@ -50,6 +50,7 @@ def start_run(model_config: ModelConfig, data_config: DataConfig, train_config: 
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
     )
     enable_cpu_fp16(accelerator)
+    warn_slow_precision(accelerator)
     run = Run(model_config, data_config, train_config, accelerator, exp_name, run_dir, report_to=report_to)
     with main_reports(accelerator):
         check_run_dir(run_dir, train_config)  # every process reads the folder before any writes to it
