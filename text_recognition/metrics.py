@@ -1,6 +1,7 @@
 """Recognition scores under named evaluation protocols, as plain functions and as ``evaluate.Metric`` modules that
 work offline (``WordAccuracy()``, ``NormalizedEditDistance()``, ``CharacterErrorRate()``: instantiate them directly;
-no Hub fetch). Evaluation and training's validation both score through ``RecognitionMetrics``.
+no Hub fetch; built when first used, so that a script that only scores does not import ``evaluate``). Evaluation and
+training's validation both score with ``score_values``, which those modules wrap.
 
 A model's charset and ``sensitive`` describe what it predicts; a protocol says how predictions and ground truths are
 compared, so that two published numbers can be compared:
@@ -32,9 +33,8 @@ import unicodedata
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-import datasets
-import evaluate
 from rapidfuzz.distance import Levenshtein
 
 _NON_ALNUM = re.compile(r"[^0-9a-z]")
@@ -197,9 +197,19 @@ def score(
     return result
 
 
-# ---- the same rules as evaluate.Metric modules -------------------------------------------------------------------
+def score_values(predictions: Sequence[str], references: Sequence[str], protocol: Protocol) -> dict[str, Any]:
+    """Every score of ``score`` as the dict the ``evaluate`` modules return: accuracy, norm_ED, cer, num_samples,
+    num_correct, accuracy_by_length. Evaluation and validation score with it; the modules wrap it."""
+    result = score(predictions, references, protocol=protocol)
+    return {"accuracy": result.accuracy, "norm_ED": result.norm_ED, "cer": result.cer,
+            "num_samples": result.num_samples, "num_correct": result.num_correct,
+            "accuracy_by_length": result.accuracy_by_length()}  # fmt: skip
 
-_FEATURES = datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")})
+
+# ---- the same rules as evaluate.Metric modules -------------------------------------------------------------------
+# Built when first asked for (``metrics.WordAccuracy``...): importing ``evaluate`` (and through it scipy and pandas)
+# takes about a second, which every scripts/test.py and demo.py run paid before its first image.
+
 _INPUTS = """
 Args:
     predictions: recognised texts (attention predictions already cut at the end token).
@@ -208,57 +218,58 @@ Args:
     sensitive, data_filtering_off: DTRB's flags; under dtrb, with both set the comparison is case-insensitive
         alphanumeric.
 """
+_METRICS = {
+    "WordAccuracy": (("accuracy",), "Scene-text word accuracy (percent of exact matches after the protocol's "
+                     "normalisation).", "Word accuracy in percent; ``WordAccuracy().compute(predictions=, "
+                     "references=, protocol=\"alnum36\")``."),
+    "NormalizedEditDistance": (("norm_ED",), "Mean of 1 - ED / max(len(gt), len(pred)) per sample (0 for empty "
+                               "strings), as DTRB.", "ICDAR 2019 1 - N.E.D. in [0, 1] (higher is better), DTRB's "
+                               "rule, empty strings scoring 0."),
+    "CharacterErrorRate": (("cer",), "Summed Levenshtein distances over summed ground-truth lengths.",
+                           "Edit operations per ground-truth character (lower is better)."),
+    "RecognitionMetrics": (("accuracy", "norm_ED", "cer", "num_samples", "num_correct", "accuracy_by_length"),
+                           "Word accuracy, 1 - N.E.D., CER and accuracy by label length of scene-text recognition.",
+                           "Every score at once: accuracy, norm_ED, CER, counts, accuracy by ground-truth length."),
+}  # fmt: skip
+_BUILT: dict[str, type] = {}
 
 
-class _RecognitionMetric(evaluate.Metric):
-    """``score`` as an ``evaluate.Metric``; subclasses name the values they return."""
+def _metric_classes() -> dict[str, type]:
+    """The ``evaluate.Metric`` modules, built once: each wraps ``score_values`` and names the values it returns."""
+    if _BUILT:
+        return _BUILT
+    import datasets
+    import evaluate
 
-    keys: tuple[str, ...]
-    description: str
-    citation = "Baek et al., What Is Wrong With Scene Text Recognition Model Comparisons?, ICCV 2019."
+    features = datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")})
 
-    def __init__(self, **kwargs) -> None:
-        kwargs.setdefault("keep_in_memory", True)  # no cache file: several processes may score at once
-        super().__init__(**kwargs)
+    class _RecognitionMetric(evaluate.Metric):
+        """``score`` as an ``evaluate.Metric``; subclasses name the values they return."""
 
-    def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description=self.description, citation=self.citation, inputs_description=_INPUTS, features=_FEATURES
-        )
+        keys: tuple[str, ...]
+        description: str
+        citation = "Baek et al., What Is Wrong With Scene Text Recognition Model Comparisons?, ICCV 2019."
 
-    def _compute(self, predictions, references, protocol: str = "dtrb", sensitive: bool = False,
-                 data_filtering_off: bool = False):  # fmt: skip
-        result = score(predictions, references, protocol=Protocol(protocol, sensitive, data_filtering_off))
-        values = {"accuracy": result.accuracy, "norm_ED": result.norm_ED, "cer": result.cer,
-                  "num_samples": result.num_samples, "num_correct": result.num_correct,
-                  "accuracy_by_length": result.accuracy_by_length()}  # fmt: skip
-        return {key: values[key] for key in self.keys}
+        def __init__(self, **kwargs) -> None:
+            kwargs.setdefault("keep_in_memory", True)  # no cache file: several processes may score at once
+            super().__init__(**kwargs)
 
+        def _info(self) -> evaluate.MetricInfo:
+            return evaluate.MetricInfo(description=self.description, citation=self.citation,
+                                       inputs_description=_INPUTS, features=features)  # fmt: skip
 
-class WordAccuracy(_RecognitionMetric):
-    """Word accuracy in percent; ``WordAccuracy().compute(predictions=, references=, protocol="alnum36")``."""
+        def _compute(self, predictions, references, protocol: str = "dtrb", sensitive: bool = False,
+                     data_filtering_off: bool = False):  # fmt: skip
+            values = score_values(predictions, references, Protocol(protocol, sensitive, data_filtering_off))
+            return {key: values[key] for key in self.keys}
 
-    keys = ("accuracy",)
-    description = "Scene-text word accuracy (percent of exact matches after the protocol's normalisation)."
-
-
-class NormalizedEditDistance(_RecognitionMetric):
-    """ICDAR 2019 1 - N.E.D. in [0, 1] (higher is better), DTRB's rule, empty strings scoring 0."""
-
-    keys = ("norm_ED",)
-    description = "Mean of 1 - ED / max(len(gt), len(pred)) per sample (0 for empty strings), as DTRB."
+    for name, (keys, description, doc) in _METRICS.items():
+        _BUILT[name] = type(name, (_RecognitionMetric,), {"keys": keys, "description": description, "__doc__": doc,
+                                                          "__module__": __name__})  # fmt: skip
+    return _BUILT
 
 
-class CharacterErrorRate(_RecognitionMetric):
-    """Edit operations per ground-truth character (lower is better)."""
-
-    keys = ("cer",)
-    description = "Summed Levenshtein distances over summed ground-truth lengths."
-
-
-class RecognitionMetrics(_RecognitionMetric):
-    """Every score at once (what evaluation and validation call): accuracy, norm_ED, CER, counts, accuracy by
-    ground-truth length."""
-
-    keys = ("accuracy", "norm_ED", "cer", "num_samples", "num_correct", "accuracy_by_length")
-    description = "Word accuracy, 1 - N.E.D., CER and accuracy by label length of scene-text recognition."
+def __getattr__(name: str) -> type:
+    if name in _METRICS:
+        return _metric_classes()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
