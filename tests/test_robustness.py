@@ -722,8 +722,11 @@ def test_launcher_adds_no_traceback_after_the_scripts_one_line_error(data, tmp_p
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("shared", [False, True], ids=["node_local_folders", "shared_folder"])
-def test_two_nodes_without_a_shared_output_folder_fail_with_a_message(data, tmp_path, shared):
+@pytest.mark.parametrize("case", ["node_local_folders", "shared_folder", "missing_train_data"])
+def test_two_nodes_without_a_shared_output_folder_fail_with_a_message_on_each_node(data, tmp_path, case):
+    # Two "nodes" on this machine (accelerate's --machine_rank 0 and 1, gloo), each with its own --output_dir unless
+    # shared: node 1 cannot see the run folder node 0 made. Each node's terminal says why, not only the launcher's
+    # "1 process(es) failed (see their errors above)" with nothing above.
     import socket
     import subprocess
     import sys
@@ -734,22 +737,37 @@ def test_two_nodes_without_a_shared_output_folder_fail_with_a_message(data, tmp_
         probe.bind(("127.0.0.1", 0))
         port = str(probe.getsockname()[1])
     nodes = []
-    for rank in (0, 1):  # two "nodes" on this machine, each with its own output folder unless shared
-        out = tmp_path / ("shared" if shared else f"node{rank}")
+    for rank in (0, 1):
+        out = tmp_path / (f"node{rank}" if case == "node_local_folders" else "shared")
+        train_data = tmp_path / "missing" if case == "missing_train_data" else None
+        train_args = argv(data, out, "--num_iter", "2", train_data=train_data)
         command = [sys.executable, str(REPO_ROOT / "scripts" / "launch.py"), "--config_file",
                    str(REPO_ROOT / "accelerate_configs" / "cpu_ddp.yaml"), "--num_machines", "2", "--num_processes",
                    "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1", "--main_process_port", port,
-                   str(REPO_ROOT / "scripts" / "train.py"), *argv(data, out, "--num_iter", "2")]  # fmt: skip
+                   str(REPO_ROOT / "scripts" / "train.py"), *train_args]  # fmt: skip
         nodes.append(subprocess.Popen(command, env=subprocess_env(ACCELERATE_USE_CPU="1"), stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True))  # fmt: skip
     outputs = [node.communicate(timeout=300) for node in nodes]
     codes = [node.returncode for node in nodes]
-    if shared:
+    errors = [[line for line in err.splitlines() if line.startswith("error: ")] for _, err in outputs]
+    if case == "shared_folder":
         assert codes == [0, 0], outputs
         assert json.loads((tmp_path / "shared" / "run" / "all_results.json").read_text())["iterations"] == 2
         assert not list((tmp_path / "shared" / "run").glob(".shared-*"))  # the marker is removed
-    else:
-        assert codes == [1, 1], outputs
-        assert "is not shared by every node: process(es) [1]" in outputs[0][1]
-        assert "error:" not in outputs[1][1]  # the message appears once, from the main process
+        return
+    assert codes == [1, 1], outputs
+    assert [len(lines) for lines in errors] == [1, 1], outputs  # one error line on each node's terminal
+    if case == "node_local_folders":
+        assert "node0/run is not shared by every node: process 1 on node 1" in errors[0][0]
+        # the node that cannot see the folder names it as it resolves there, and the folder the main process wrote
+        assert (f"error: {tmp_path / 'node1' / 'run'} is not the run folder the main process writes to: process 0 on "
+                f"node 0") in errors[1][0]  # fmt: skip
+        assert f"wrote a file into {tmp_path / 'node0' / 'run'}" in errors[1][0]
+        assert f"(here {tmp_path / 'node1' / 'run'} does not exist)" in errors[1][0]
+        assert "shared by all nodes" in errors[1][0] and "same path on each node" in errors[1][0]
         assert not (tmp_path / "node0" / "run" / "best_accuracy").exists()
+        assert not (tmp_path / "node1").exists()  # nothing written where the main process does not write
+    else:  # the main process fails: the other node quotes its error and says where it happened
+        assert errors[0][0].startswith("error: Data folder not found")
+        where = f"process 0 on node 0 (host {socket.gethostname()})"
+        assert errors[1][0] == f"error: stopped because {where} failed: {errors[0][0].removeprefix('error: ')}"
