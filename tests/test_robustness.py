@@ -351,6 +351,36 @@ def test_accumulation_with_corrupt_only_batches_counts_optimizer_steps_right(dat
     assert len(steps) == 1 and 6 - empty // 2 <= steps.pop() <= 6
 
 
+# ---- where a corrupt image is -----------------------------------------------------------------------------------
+
+
+def corrupt_image_warnings(data_root, caplog) -> list[str]:
+    from text_recognition.data import SkipTracker, build_eval_data
+
+    evaluation = build_eval_data(data_root, ModelConfig("None", "VGG", "None", "CTC"))
+    tracker = SkipTracker()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="text_recognition.data.collate"):
+        for position in range(len(evaluation.dataset)):
+            tracker.update(evaluation.collator([evaluation.dataset[position]])["skipped"])
+    return [record.getMessage() for record in caplog.records if "Corrupt image" in record.getMessage()]
+
+
+def test_a_corrupt_image_is_named_by_its_lmdb_key_in_training_evaluation_and_conversion_alike(tmp_path, caplog):
+    from text_recognition.data import convert_lmdb_tree
+
+    # LMDB index 4 (key image-000000004) is corrupt; index 2's label '@@' is filtered out, so the corrupt image is
+    # the third sample served: counted from the served rows it would be 'index 2', from the stored rows 'index 3'
+    make_lmdb(tmp_path / "lmdb" / "MJ", ["ab", "@@", "cd", "ef", "gh"], corrupt={3})
+    (warning,) = corrupt_image_warnings(tmp_path / "lmdb", caplog)
+    assert "Corrupt image in MJ at LMDB index 4 (key image-000000004)" in warning
+    summary = convert_lmdb_tree(tmp_path / "lmdb", tmp_path / "arrow", progress=False)
+    assert ("undecodable images at LMDB indices [4] (1-based, as the LMDB's keys: image-000000004 is row 3 of the "
+            "datasets folder)") in summary.report()  # fmt: skip
+    (warning,) = corrupt_image_warnings(tmp_path / "arrow", caplog)  # the converted folder: its own 0-based row
+    assert "Corrupt image in MJ at row 3 (0-based, dataset[3])" in warning
+
+
 # ---- --config values -----------------------------------------------------------------------------------------
 
 
