@@ -381,6 +381,28 @@ def test_a_corrupt_image_is_named_by_its_lmdb_key_in_training_evaluation_and_con
     assert "Corrupt image in MJ at row 3 (0-based, dataset[3])" in warning
 
 
+def test_a_datasets_folder_converted_inside_the_lmdb_tree_is_refused_not_trained_on_twice(data, tmp_path):
+    from text_recognition.data import convert_lmdb_tree
+    from text_recognition.data.datasets import local_sources
+
+    labels = [f"w{i}" for i in range(20)]
+    make_lmdb(tmp_path / "tree" / "MJ", labels)
+    convert_lmdb_tree(tmp_path / "tree" / "MJ", tmp_path / "tree" / "MJ_arrow", progress=False)
+    with pytest.raises(ValueError) as error:  # --select_data MJ selects both MJ and MJ_arrow
+        train_with(*argv(data, tmp_path / "out", "--select_data", "MJ", "--batch_ratio", "1",
+                         train_data=tmp_path / "tree"))  # fmt: skip
+    message = str(error.value)
+    assert f"{str(tmp_path / 'tree')!r} holds the same 20 samples twice: the sources MJ and MJ_arrow" in message
+    assert "MJ_arrow looks like a datasets folder that scripts/convert_lmdb.py wrote from the LMDB MJ" in message
+    assert "move the other out of" in message
+    assert not (tmp_path / "out" / "run" / "log_train.txt").exists()
+    # the same length is not a copy: other images, or other labels, are two sources
+    make_lmdb(tmp_path / "other" / "A", labels, seed=1)
+    make_lmdb(tmp_path / "other" / "B", labels, seed=2)
+    make_lmdb(tmp_path / "other" / "C", [*labels[:-1], "changed"], seed=1)
+    assert list(local_sources(tmp_path / "other")) == ["A", "B", "C"]
+
+
 # ---- --config values -----------------------------------------------------------------------------------------
 
 
