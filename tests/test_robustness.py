@@ -473,6 +473,20 @@ def test_config_json_with_an_unknown_key_or_a_string_number_names_the_file(model
     assert str(model_folder / "config.json") in str(error.value) and "Fix it there" in str(error.value)
 
 
+@pytest.mark.parametrize(("edit", "hint"), [({"prediction": "Attn"}, "prediction CTC ({file} says Attn)"),
+                                            ({"output_channel": 64}, "output_channel 32 ({file} says 64)")])
+def test_weights_that_do_not_fit_their_config_json_blame_the_file_not_a_flag(model_folder, edit, hint):
+    """Issue 21 case 12: a value read from the folder's config.json was reported as 'you gave Attn'."""
+    config = json.loads((model_folder / "config.json").read_text())
+    (model_folder / "config.json").write_text(json.dumps({**config, **edit}))
+    with pytest.raises(ValueError) as error:
+        load_model(model_folder)
+    file = repr(str(model_folder / "config.json"))
+    assert hint.format(file=file) in str(error.value)
+    assert "you gave" not in str(error.value) and "--Prediction" not in str(error.value)
+    assert f"{file} does not describe the weights beside it" in str(error.value)
+
+
 def test_a_run_folder_or_a_bare_safetensors_as_saved_model_points_to_the_model_folder(model_folder, tmp_path):
     """Issue 21 case 12: a run folder was 'not a model folder'; model.safetensors was read as a DTRB .pth."""
     run_dir = tmp_path / "runs" / "exp"
