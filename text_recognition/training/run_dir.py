@@ -20,6 +20,7 @@ from safetensors import SafetensorError
 
 from ..config import TrainConfig
 from ..model import TextRecognitionModel
+from .distributed import fail_together, where
 from .state import TrainingStopped, TrainState
 
 logger = get_logger(__name__)  # main process only, unless a call says main_process_only=False
@@ -135,8 +136,6 @@ def check_shared_run_dir(accelerator: Accelerator, run_dir: Path) -> None:
     if accelerator.num_processes == 1:
         return
     from accelerate.utils import broadcast_object_list
-
-    from .distributed import fail_together, where
 
     here = where(accelerator)
     token = [(f".shared-{time.time_ns()}-{os.getpid()}", str(run_dir.absolute()), here)
