@@ -83,7 +83,7 @@ def test_text_collator_decodes_cleans_and_skips_corrupt_images(caplog):
         tracker.update(batch["skipped"])
     assert tracker.counts == {"MJ": 2}
     warnings = [r.getMessage() for r in caplog.records if "Corrupt image" in r.getMessage()]
-    assert warnings == [warnings[0]] and "MJ at index 5" in warnings[0]  # once per source
+    assert warnings == [warnings[0]] and "MJ at row 5 (0-based, dataset[5])" in warnings[0]  # once per source
 
 
 def test_text_collator_sensitive_keeps_case():

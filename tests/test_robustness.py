@@ -351,6 +351,58 @@ def test_accumulation_with_corrupt_only_batches_counts_optimizer_steps_right(dat
     assert len(steps) == 1 and 6 - empty // 2 <= steps.pop() <= 6
 
 
+# ---- where a corrupt image is -----------------------------------------------------------------------------------
+
+
+def corrupt_image_warnings(data_root, caplog) -> list[str]:
+    from text_recognition.data import SkipTracker, build_eval_data
+
+    evaluation = build_eval_data(data_root, ModelConfig("None", "VGG", "None", "CTC"))
+    tracker = SkipTracker()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="text_recognition.data.collate"):
+        for position in range(len(evaluation.dataset)):
+            tracker.update(evaluation.collator([evaluation.dataset[position]])["skipped"])
+    return [record.getMessage() for record in caplog.records if "Corrupt image" in record.getMessage()]
+
+
+def test_a_corrupt_image_is_named_by_its_lmdb_key_in_training_evaluation_and_conversion_alike(tmp_path, caplog):
+    from text_recognition.data import convert_lmdb_tree
+
+    # LMDB index 4 (key image-000000004) is corrupt; index 2's label '@@' is filtered out, so the corrupt image is
+    # the third sample served: counted from the served rows it would be 'index 2', from the stored rows 'index 3'
+    make_lmdb(tmp_path / "lmdb" / "MJ", ["ab", "@@", "cd", "ef", "gh"], corrupt={3})
+    (warning,) = corrupt_image_warnings(tmp_path / "lmdb", caplog)
+    assert "Corrupt image in MJ at LMDB index 4 (key image-000000004)" in warning
+    summary = convert_lmdb_tree(tmp_path / "lmdb", tmp_path / "arrow", progress=False)
+    assert ("undecodable images at LMDB indices [4] (1-based, as the LMDB's keys: image-000000004 is row 3 of the "
+            "datasets folder)") in summary.report()  # fmt: skip
+    (warning,) = corrupt_image_warnings(tmp_path / "arrow", caplog)  # the converted folder: its own 0-based row
+    assert "Corrupt image in MJ at row 3 (0-based, dataset[3])" in warning
+
+
+def test_a_datasets_folder_converted_inside_the_lmdb_tree_is_refused_not_trained_on_twice(data, tmp_path):
+    from text_recognition.data import convert_lmdb_tree
+    from text_recognition.data.datasets import local_sources
+
+    labels = [f"w{i}" for i in range(20)]
+    make_lmdb(tmp_path / "tree" / "MJ", labels)
+    convert_lmdb_tree(tmp_path / "tree" / "MJ", tmp_path / "tree" / "MJ_arrow", progress=False)
+    with pytest.raises(ValueError) as error:  # --select_data MJ selects both MJ and MJ_arrow
+        train_with(*argv(data, tmp_path / "out", "--select_data", "MJ", "--batch_ratio", "1",
+                         train_data=tmp_path / "tree"))  # fmt: skip
+    message = str(error.value)
+    assert f"{str(tmp_path / 'tree')!r} holds the same 20 samples twice: the sources MJ and MJ_arrow" in message
+    assert "MJ_arrow looks like a datasets folder that scripts/convert_lmdb.py wrote from the LMDB MJ" in message
+    assert "move the other out of" in message
+    assert not (tmp_path / "out" / "run" / "log_train.txt").exists()
+    # the same length is not a copy: other images, or other labels, are two sources
+    make_lmdb(tmp_path / "other" / "A", labels, seed=1)
+    make_lmdb(tmp_path / "other" / "B", labels, seed=2)
+    make_lmdb(tmp_path / "other" / "C", [*labels[:-1], "changed"], seed=1)
+    assert list(local_sources(tmp_path / "other")) == ["A", "B", "C"]
+
+
 # ---- --config values -----------------------------------------------------------------------------------------
 
 
@@ -419,6 +471,20 @@ def test_config_json_with_an_unknown_key_or_a_string_number_names_the_file(model
     with pytest.raises(ValueError, match=match) as error:
         load_model(model_folder)
     assert str(model_folder / "config.json") in str(error.value) and "Fix it there" in str(error.value)
+
+
+@pytest.mark.parametrize(("edit", "hint"), [({"prediction": "Attn"}, "prediction CTC ({file} says Attn)"),
+                                            ({"output_channel": 64}, "output_channel 32 ({file} says 64)")])
+def test_weights_that_do_not_fit_their_config_json_blame_the_file_not_a_flag(model_folder, edit, hint):
+    """Issue 21 case 12: a value read from the folder's config.json was reported as 'you gave Attn'."""
+    config = json.loads((model_folder / "config.json").read_text())
+    (model_folder / "config.json").write_text(json.dumps({**config, **edit}))
+    with pytest.raises(ValueError) as error:
+        load_model(model_folder)
+    file = repr(str(model_folder / "config.json"))
+    assert hint.format(file=file) in str(error.value)
+    assert "you gave" not in str(error.value) and "--Prediction" not in str(error.value)
+    assert f"{file} does not describe the weights beside it" in str(error.value)
 
 
 def test_a_run_folder_or_a_bare_safetensors_as_saved_model_points_to_the_model_folder(model_folder, tmp_path):
@@ -722,8 +788,11 @@ def test_launcher_adds_no_traceback_after_the_scripts_one_line_error(data, tmp_p
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("shared", [False, True], ids=["node_local_folders", "shared_folder"])
-def test_two_nodes_without_a_shared_output_folder_fail_with_a_message(data, tmp_path, shared):
+@pytest.mark.parametrize("case", ["node_local_folders", "shared_folder", "missing_train_data"])
+def test_two_nodes_without_a_shared_output_folder_fail_with_a_message_on_each_node(data, tmp_path, case):
+    # Two "nodes" on this machine (accelerate's --machine_rank 0 and 1, gloo), each with its own --output_dir unless
+    # shared: node 1 cannot see the run folder node 0 made. Each node's terminal says why, not only the launcher's
+    # "1 process(es) failed (see their errors above)" with nothing above.
     import socket
     import subprocess
     import sys
@@ -734,22 +803,37 @@ def test_two_nodes_without_a_shared_output_folder_fail_with_a_message(data, tmp_
         probe.bind(("127.0.0.1", 0))
         port = str(probe.getsockname()[1])
     nodes = []
-    for rank in (0, 1):  # two "nodes" on this machine, each with its own output folder unless shared
-        out = tmp_path / ("shared" if shared else f"node{rank}")
+    for rank in (0, 1):
+        out = tmp_path / (f"node{rank}" if case == "node_local_folders" else "shared")
+        train_data = tmp_path / "missing" if case == "missing_train_data" else None
+        train_args = argv(data, out, "--num_iter", "2", train_data=train_data)
         command = [sys.executable, str(REPO_ROOT / "scripts" / "launch.py"), "--config_file",
                    str(REPO_ROOT / "accelerate_configs" / "cpu_ddp.yaml"), "--num_machines", "2", "--num_processes",
                    "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1", "--main_process_port", port,
-                   str(REPO_ROOT / "scripts" / "train.py"), *argv(data, out, "--num_iter", "2")]  # fmt: skip
+                   str(REPO_ROOT / "scripts" / "train.py"), *train_args]  # fmt: skip
         nodes.append(subprocess.Popen(command, env=subprocess_env(ACCELERATE_USE_CPU="1"), stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True))  # fmt: skip
     outputs = [node.communicate(timeout=300) for node in nodes]
     codes = [node.returncode for node in nodes]
-    if shared:
+    errors = [[line for line in err.splitlines() if line.startswith("error: ")] for _, err in outputs]
+    if case == "shared_folder":
         assert codes == [0, 0], outputs
         assert json.loads((tmp_path / "shared" / "run" / "all_results.json").read_text())["iterations"] == 2
         assert not list((tmp_path / "shared" / "run").glob(".shared-*"))  # the marker is removed
-    else:
-        assert codes == [1, 1], outputs
-        assert "is not shared by every node: process(es) [1]" in outputs[0][1]
-        assert "error:" not in outputs[1][1]  # the message appears once, from the main process
+        return
+    assert codes == [1, 1], outputs
+    assert [len(lines) for lines in errors] == [1, 1], outputs  # one error line on each node's terminal
+    if case == "node_local_folders":
+        assert "node0/run is not shared by every node: process 1 on node 1" in errors[0][0]
+        # the node that cannot see the folder names it as it resolves there, and the folder the main process wrote
+        assert (f"error: {tmp_path / 'node1' / 'run'} is not the run folder the main process writes to: process 0 on "
+                f"node 0") in errors[1][0]  # fmt: skip
+        assert f"wrote a file into {tmp_path / 'node0' / 'run'}" in errors[1][0]
+        assert f"(here {tmp_path / 'node1' / 'run'} does not exist)" in errors[1][0]
+        assert "shared by all nodes" in errors[1][0] and "same path on each node" in errors[1][0]
         assert not (tmp_path / "node0" / "run" / "best_accuracy").exists()
+        assert not (tmp_path / "node1").exists()  # nothing written where the main process does not write
+    else:  # the main process fails: the other node quotes its error and says where it happened
+        assert errors[0][0].startswith("error: Data folder not found")
+        where = f"process 0 on node 0 (host {socket.gethostname()})"
+        assert errors[1][0] == f"error: stopped because {where} failed: {errors[0][0].removeprefix('error: ')}"

@@ -93,46 +93,55 @@ def infer_dtrb_flags(state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
     return flags
 
 
-def _flag_hints(config: ModelConfig, flags: dict[str, Any]) -> list[str]:
-    """Flags whose value in ``config`` differs from what the checkpoint shows."""
-    ours = {
-        "Transformation": config.transformation,
-        "FeatureExtraction": config.feature_extraction,
-        "SequenceModeling": config.sequence_modeling,
-        "Prediction": config.prediction,
-        "input_channel": config.input_channel,
-        "output_channel": config.output_channel,
-        "hidden_size": config.hidden_size,
-        "num_fiducial": config.num_fiducial,
-    }
+#: DTRB's flag -> the ``ModelConfig`` field (the key in config.json) it sets.
+FLAG_FIELDS = {"Transformation": "transformation", "FeatureExtraction": "feature_extraction",
+               "SequenceModeling": "sequence_modeling", "Prediction": "prediction",
+               "input_channel": "input_channel", "output_channel": "output_channel", "hidden_size": "hidden_size",
+               "num_fiducial": "num_fiducial"}  # fmt: skip
+
+
+def _flag_hints(config: ModelConfig, flags: dict[str, Any], config_file: str | None = None) -> list[str]:
+    """Flags whose value in ``config`` differs from what the checkpoint shows, worded by where ``config`` came from:
+    the model flags ("--Prediction CTC (you gave Attn)"), or a model folder's ``config_file`` ("prediction CTC
+    (config.json '...' says Attn)"), which the user did not give."""
     hints = []
-    for flag, value in ours.items():
+    for flag, field in FLAG_FIELDS.items():
+        value = getattr(config, field)
         if flag in flags and flags[flag] != value:
-            extra = " (--rgb sets 3)" if flag == "input_channel" else ""
-            hints.append(f"--{flag} {flags[flag]} (you gave {value}){extra}")
+            if config_file is None:
+                extra = " (--rgb sets 3)" if flag == "input_channel" else ""
+                hints.append(f"--{flag} {flags[flag]} (you gave {value}){extra}")
+            else:
+                hints.append(f"{field} {flags[flag]} ({config_file} says {value})")
     if "charset_size" in flags and flags.get("Prediction", config.prediction) == config.prediction:
         if flags["charset_size"] != len(config.character):
             size = flags["charset_size"]
             known = " (DTRB's --sensitive set)" if size == 94 else " (DTRB's default set)" if size == 36 else ""
+            ours = ("--character has", "check --character / --sensitive") if config_file is None else (
+                f"character in {config_file} has", "check character / sensitive there")  # fmt: skip
             hints.append(
-                f"a charset of {size} symbols{known}: the head has {flags['num_class']} classes, but --character "
-                f"has {len(config.character)} symbols; check --character / --sensitive"
+                f"a charset of {size} symbols{known}: the head has {flags['num_class']} classes, but {ours[0]} "
+                f"{len(config.character)} symbols; {ours[1]}"
             )
     if "imgH_x_imgW" in flags and flags["imgH_x_imgW"] != config.img_h * config.img_w:
+        given = (f"you gave --imgH {config.img_h} --imgW {config.img_w}" if config_file is None
+                else f"{config_file} says img_h {config.img_h}, img_w {config.img_w}")  # fmt: skip
         hints.append(
-            f"an image size with imgH x imgW = {flags['imgH_x_imgW']} pixels (you gave --imgH {config.img_h} "
-            f"--imgW {config.img_w} = {config.img_h * config.img_w}); the TPS grid depends on it"
+            f"an image size with imgH x imgW = {flags['imgH_x_imgW']} pixels ({given} = "
+            f"{config.img_h * config.img_w}); the TPS grid depends on it"
         )
     return hints
 
 
 def check_state_dict(
-    model: nn.Module, state_dict: dict[str, torch.Tensor], config: ModelConfig, source: str
-) -> dict[str, torch.Tensor]:
+    model: nn.Module, state_dict: dict[str, torch.Tensor], config: ModelConfig, source: str,
+    config_file: str | None = None,
+) -> dict[str, torch.Tensor]:  # fmt: skip
     """Check that ``state_dict`` fits ``model`` key for key and shape for shape.
 
     A missing ``num_batches_tracked`` (older PyTorch) is filled in. Returns the state dict ready for a strict
-    ``load_state_dict``.
+    ``load_state_dict``. ``config_file`` names the model folder's config.json that ``config`` was read from (the
+    hints then blame that file, not the user's flags); ``None``: ``config`` comes from the model flags.
 
     Raises:
         CheckpointMismatchError: listing missing keys, unexpected keys and shape mismatches, with the flags the
@@ -166,11 +175,14 @@ def check_state_dict(
         message += listing("unexpected keys", unexpected)
     if mismatched:
         message += listing("shape mismatches", mismatched)
-    hints = _flag_hints(config, infer_dtrb_flags(state_dict))
+    hints = _flag_hints(config, infer_dtrb_flags(state_dict), config_file)
     if hints:
         message += "The checkpoint looks like it was trained with: " + "; ".join(hints) + "."
-    else:
+    elif config_file is None:
         message += "Check that the model flags are those the checkpoint was trained with."
+    if config_file is not None:  # the folder's own files disagree: no flag of the user's can fix that
+        message += (f"{' ' if hints else ''}{config_file} does not describe the weights beside it: save the model "
+                    f"again with save_pretrained, or correct config.json.")  # fmt: skip
     raise CheckpointMismatchError(message)
 
 

@@ -338,7 +338,8 @@ class TextRecognitionModel(
             raise ValueError(f"{weights!r} cannot be read as safetensors weights ({reason}): the file is truncated or "
                              f"corrupt; save or download the model again.") from None  # fmt: skip
         if strict:
-            state_dict = check_state_dict(model, state_dict, model.config, repr(model_id))
+            config_file = repr(os.path.join(model_id, "config.json")) if os.path.isdir(model_id) else "its config.json"
+            state_dict = check_state_dict(model, state_dict, model.config, repr(model_id), config_file)
         model.load_state_dict(state_dict, strict=strict)
         model.to(map_location)
         model.eval()

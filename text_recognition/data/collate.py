@@ -16,6 +16,7 @@ from PIL import Image
 from ..augment import TextAugment
 from ..transforms import align_batch, to_mode
 from .labels import LabelRules
+from .lmdb import image_key
 
 if TYPE_CHECKING:
     from ..config import ModelConfig
@@ -59,6 +60,15 @@ class SkippedSample(NamedTuple):
     source: str
     index: int  # position in the source as stored (0-based row of the dataset; LMDB index - 1)
     error: str
+    lmdb_index: int | None = None  # from an LMDB: its 1-based index, the number in its keys
+
+    @property
+    def location(self) -> str:
+        """Where the sample is, in the numbering of its store: an LMDB's 1-based index and key (what
+        ``create_lmdb_dataset.py``, ``convert_lmdb.py`` and ``audit_dataset.py`` report), a dataset's 0-based row."""
+        if self.lmdb_index is not None:
+            return f"LMDB index {self.lmdb_index} (key {image_key(self.lmdb_index).decode()})"
+        return f"row {self.index} (0-based, dataset[{self.index}])"
 
 
 def decode_image(data: Any, mode: str) -> Image.Image:
@@ -97,7 +107,7 @@ class TextCollator:
             try:
                 image = decode_image(row["image"], self.align.mode)
             except Exception as error:  # any decoding failure means "corrupt image"
-                skipped.append(SkippedSample(source, index, f"{type(error).__name__}"))
+                skipped.append(SkippedSample(source, index, f"{type(error).__name__}", row.get("lmdb_index")))
                 continue
             if self.augment is not None:  # keyed by the drawing iteration and the sample: resumable, per seed
                 image = self.augment(image, row.get("draw", 0), zlib.crc32(source.encode()), index)
@@ -120,10 +130,9 @@ class SkipTracker:
         for sample in skipped:
             if not self.counts[sample.source]:
                 logger.warning(
-                    "Corrupt image in %s at index %d (%s): skipped. Further corrupt images of this source are only "
-                    "counted.",
+                    "Corrupt image in %s at %s (%s): skipped. Further corrupt images of this source are only counted.",
                     sample.source,
-                    sample.index,
+                    sample.location,
                     sample.error,
                 )
             self.counts[sample.source] += 1

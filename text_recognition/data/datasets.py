@@ -22,9 +22,10 @@ from PIL import Image
 
 from ..hub import is_repo_id
 from .labels import LabelRules
+from .copies import check_no_copies
 from .lmdb_index import LabelScan, scan
 from ..progress import progress as progress_bar
-from .lmdb import LmdbFormatError, LmdbReader, find_sources, is_lmdb, lmdb_fingerprint, select_sources
+from .lmdb import LmdbFormatError, LmdbReader, find_sources, image_key, is_lmdb, lmdb_fingerprint, select_sources
 
 if TYPE_CHECKING:
     from ..config import ModelConfig
@@ -187,9 +188,13 @@ class ConversionSummary(NamedTuple):
     def report(self) -> str:
         lines = []
         for name, stats in self.sources.items():
-            bad = f", undecodable images at LMDB indices {stats.undecodable[:10]}" if stats.undecodable else ""
-            more = f" (+{len(stats.undecodable) - 10} more)" if len(stats.undecodable) > 10 else ""
-            lines.append(f"  {name}: {stats.samples} samples, {stats.image_bytes / 1e6:.1f} MB{bad}{more}")
+            bad = ""
+            if stats.undecodable:
+                first, more = stats.undecodable[0], len(stats.undecodable) - 10
+                listed = f"{stats.undecodable[:10]}" + (f" (+{more} more)" if more > 0 else "")
+                bad = (f", undecodable images at LMDB indices {listed} (1-based, as the LMDB's keys: "
+                       f"{image_key(first).decode()} is row {first - 1} of the datasets folder)")  # fmt: skip
+            lines.append(f"  {name}: {stats.samples} samples, {stats.image_bytes / 1e6:.1f} MB{bad}")
         rate = self.samples / self.seconds if self.seconds else float("nan")
         lines.append(
             f"total: {self.samples} samples, {self.image_bytes / 1e6:.1f} MB of images, "
@@ -268,6 +273,7 @@ def local_sources(path: str | os.PathLike, select_data: str = "/") -> dict[str, 
             f"No dataset under {os.fspath(path)!r} matching select_data {select_data!r}: expected LMDB folders "
             f"(data.mdb) or datasets folders (save_to_disk). Found: {sorted(find_sources(path, is_source))}"
         )
+    check_no_copies(path, sources)
     return sources
 
 

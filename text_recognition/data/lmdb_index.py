@@ -243,6 +243,8 @@ class LmdbSource:
         rows: 0-based LMDB rows to serve, in order (a numpy array, possibly memory-mapped); ``None``: all.
     """
 
+    index_base = 1  # its samples are named by their 1-based LMDB index (keys image-%09d), not by their row
+
     def __init__(self, path: str | os.PathLike, rows: np.ndarray | None = None) -> None:
         self.reader = LmdbReader(path)
         self.rows = rows

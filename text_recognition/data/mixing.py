@@ -138,7 +138,7 @@ class BatchBalancedSampler(Sampler[list[int]]):
 
 class MixedSources(Dataset):
     """The concatenation of several sources (``datasets.Dataset`` with ``Image(decode=False)`` or ``LmdbSource``)
-    with rows tagged by source and index.
+    with rows tagged by source and index (and, from an LMDB, its 1-based ``lmdb_index``).
 
     ``sources`` is ``[(name, dataset, used, original_rows)]``: the first ``used`` rows of each dataset take part
     (DTRB's ``total_data_usage_ratio`` takes the first N samples); ``original_rows`` (or ``None``) maps a row of a
@@ -153,6 +153,8 @@ class MixedSources(Dataset):
         # numpy arrays (memory-mapped for in-place LMDBs) or None: never Python lists, which every DataLoader
         # worker would copy page by page as it touches their reference counts.
         self.original_rows = [None if source[3] is None else np.asarray(source[3]) for source in sources]
+        # an LMDB's samples are named by their 1-based index (its keys), others by their 0-based row (see collate)
+        self.lmdb = [getattr(source[1], "index_base", 0) == 1 for source in sources]
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
 
     def __len__(self) -> int:
@@ -180,6 +182,8 @@ class MixedSources(Dataset):
                     "source": self.names[source],
                     "index": local[k] if original is None else int(original[local[k]]),
                 }
+                if self.lmdb[source]:
+                    rows[position]["lmdb_index"] = rows[position]["index"] + 1
                 if draws is not None:
                     rows[position]["draw"] = draws[position]
         return rows  # type: ignore[return-value]

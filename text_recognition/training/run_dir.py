@@ -20,6 +20,7 @@ from safetensors import SafetensorError
 
 from ..config import TrainConfig
 from ..model import TextRecognitionModel
+from .distributed import fail_together, where
 from .state import TrainingStopped, TrainState
 
 logger = get_logger(__name__)  # main process only, unless a call says main_process_only=False
@@ -130,29 +131,42 @@ def remove_leftovers(run_dir: Path) -> None:
 def check_shared_run_dir(accelerator: Accelerator, run_dir: Path) -> None:
     """Several processes (nodes): the run folder must be one folder that every node sees, since checkpoints and
     best models are written by the global main process and resumed by all. The main process writes a marker file,
-    the local main process of every node looks for it."""
+    the local main process of every node looks for it. Every node that does not see it says so on its own terminal
+    (naming the folder as it resolves there), and the main process names those nodes."""
     if accelerator.num_processes == 1:
         return
     from accelerate.utils import broadcast_object_list
 
-    token = [f".shared-{time.time_ns()}-{os.getpid()}" if accelerator.is_main_process else None]
+    here = where(accelerator)
+    token = [(f".shared-{time.time_ns()}-{os.getpid()}", str(run_dir.absolute()), here)
+             if accelerator.is_main_process else None]  # fmt: skip
     broadcast_object_list(token)
-    marker = run_dir / token[0]
+    name, main_path, main_place = token[0]
+    marker = run_dir / name
     if accelerator.is_main_process:
         marker.write_text("written by the main process to check that every node sees this folder\n")
     accelerator.wait_for_everyone()
     seen = marker.is_file() if accelerator.is_local_main_process else True
-    views = gather_object([(accelerator.process_index, seen)])
+    views = gather_object([(here, seen)])
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         marker.unlink(missing_ok=True)
-    blind = [rank for rank, sees in views if not sees]
-    if blind:
-        raise TrainingStopped(
-            f"{run_dir} is not shared by every node: process(es) {blind} (local main of their node) do not see a file "
-            f"the main process wrote there. Checkpoints and best models are written by the main process and resumed "
-            f"by every node, so --output_dir must be on a filesystem shared by all nodes (e.g. NFS)."
+    fix = ("Checkpoints and best models are written by the main process and resumed by every node, so --output_dir "
+           "must be a folder on a filesystem shared by all nodes (e.g. NFS), given as the same path on each node.")
+    error = None
+    if not seen:
+        exists = "is another folder" if run_dir.is_dir() else "does not exist"
+        error = TrainingStopped(
+            f"{run_dir} is not the run folder the main process writes to: {main_place} wrote a file into "
+            f"{main_path}, which this node does not see (here {run_dir.absolute()} {exists}). {fix}"
         )
+    elif accelerator.is_main_process and not all(sees for _, sees in views):
+        blind = ", ".join(place for place, sees in views if not sees)
+        error = TrainingStopped(
+            f"{run_dir} is not shared by every node: {blind} does not see a file the main "
+            f"process wrote there. {fix}"
+        )
+    fail_together(accelerator, error)
 
 
 def save_model_folder(model: TextRecognitionModel, target: Path, card_kwargs: dict[str, Any]) -> None:

@@ -61,8 +61,7 @@ def start_run(model_config: ModelConfig, data_config: DataConfig, train_config: 
         remove_leftovers(run_dir)
         run.checkpoints_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
-    with main_reports(accelerator):
-        check_shared_run_dir(accelerator, run_dir)
+    check_shared_run_dir(accelerator, run_dir)  # every node that does not see the folder says so
     set_seed(train_config.seed)
     return run
 
