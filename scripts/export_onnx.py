@@ -135,9 +135,12 @@ def quantize_export(model: OnnxModel, args: argparse.Namespace) -> int:
 
 
 def print_int8_summary(path: Path, num_images: int, source: str, agreement: dict) -> None:
-    fp32_ops = ", ".join(OnnxModel(path).quantization["fp32_ops"]) or "none"
-    print(f"int8: {path}, static quantization calibrated on {num_images} images from {source} (ops kept in fp32: "
-          f"{fp32_ops}); on the {agreement['num_images']} check images it reads {agreement['same_texts']} the same "
+    quantization = OnnxModel(path).quantization
+    kept = [*quantization["fp32_ops"], *(f"{kind} ({len(names)} node{'s' * (len(names) > 1)})"
+                                         for kind, names in quantization["fp32_nodes"].items())]  # fmt: skip
+    print(f"int8: {path}, static quantization calibrated on {num_images} images from {source} (kept in fp32: "
+          f"{'; '.join(kept) or 'nothing'}); on the {agreement['num_images']} check images it reads "
+          f"{agreement['same_texts']} the same "
           f"as fp32 (max abs logit difference {agreement['max_abs_diff']:.2g}). Score it on real words: "
           f"scripts/test.py --saved_model {path} --eval_data ...")  # fmt: skip
 

@@ -134,6 +134,11 @@ def test_an_int8_export_is_evaluated_and_says_so(exported, tmp_path, capsys):
     meta = json.loads(sidecar_path(out).read_text())
     assert meta["precision"] == "int8" and meta["quantization"]["calibration"]["images"] == 32
     assert meta["quantization"]["fp32_ops"].keys() == {"LSTM"}
+    kept = meta["quantization"]["fp32_nodes"]
+    assert kept["first_convolution"] == ["/FeatureExtraction/ConvNet/ConvNet.0/Conv"]
+    assert len(kept["classifier"]) == (1 if meta["prediction"] == "CTC" else 11)  # the generator at each step
+    assert set(meta["quantization"]["fp32_nodes_why"]) == {"first_convolution", "classifier"}
+    assert "kept in fp32: LSTM; first_convolution (1 node); classifier (" in printed
     int8 = load_model(out)
     assert int8.precision == "int8" and int8.quantization["method"] == "static"
     result = _evaluate(out, data, tmp_path)
