@@ -102,7 +102,7 @@ def add_speed_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                        help=f"forward pass under autocast: auto | {' | '.join(PRECISIONS)} (default: fp32, DTRB's, "
                             f"or an exported .onnx's own; losses, CTC, the TPS grid and decoding stay fp32). auto: "
                             f"the fastest that keeps the measured accuracy on this machine (bf16 on a GPU with bf16 "
-                            f"or a CPU with AMX, for CTC models; else fp32)")  # fmt: skip
+                            f"or a CPU with AVX512-BF16 or AMX, for CTC models; else fp32)")  # fmt: skip
     group.add_argument("--compile", action="store_true",
                        help="torch.compile the encoder (CNN + BiLSTM) first; the attention decoder stays eager. "
                             "Compilation takes seconds to minutes and pays on large runs")  # fmt: skip

@@ -207,9 +207,10 @@ class TextRecognitionModel(
                 together).
             precision: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"``: the forward pass under that autocast (the
                 TPS grid and the decoding stay fp32). bf16 reads english_g2's real words within 0.3 points of fp32
-                (``BENCHMARKS.md``). ``"auto"``: the fastest that keeps that accuracy here (``fastpath.
-                resolve_precision``: bf16 on a GPU with bf16 or a CPU with AMX, for CTC models; else fp32). bf16 or
-                fp16 on a CPU without native kernels for it warns once (``SlowPrecisionWarning``).
+                (``BENCHMARKS.md``). ``"auto"``: the fastest that keeps that accuracy here
+                (``fastpath.resolve_precision``: bf16 on a GPU with bf16 or a CPU with AVX512-BF16 or AMX, for CTC
+                models; else fp32). bf16 or fp16 on a CPU without native kernels for it warns once
+                (``SlowPrecisionWarning``).
             compile: ``torch.compile`` the encoder first (once; see ``compile_encoder``). The first batches pay the
                 compilation; it pays on repeated calls.
             beam_width: hypotheses kept per image (CTC prefix beam search, attention beam search); 1 is greedy.
