@@ -25,7 +25,6 @@ Needs ``../shared/data`` (weights/english_g2.pth and real_train/).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import io
 import subprocess
 import sys
@@ -45,14 +44,8 @@ G2_FLAGS = ["--Transformation", "None", "--FeatureExtraction", "VGG", "--Sequenc
             "--imgH", "64", "--imgW", "256", "--PAD", "--character", G2_CHARSET]  # fmt: skip
 
 
-def _load(name: str, filename: str):
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent / filename)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-timing = _load("benchmark_timing", "_timing.py")
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark modules
+import _timing as timing  # noqa: E402
 
 
 def g2_config():
@@ -112,7 +105,7 @@ def real_crops(count: int) -> list[Image.Image]:
 def throughput(forms: dict[str, Path], repeats: int) -> None:
     from text_recognition import load_model
 
-    inference = _load("inference_benchmark", "inference.py")
+    import inference
     model = load_model(forms["folder"])
     baseline_model = inference.dtrb_model(model)
     onnx_fp32, onnx_int8 = load_model(forms["fp32"]), load_model(forms["int8"])
@@ -143,14 +136,10 @@ def throughput(forms: dict[str, Path], repeats: int) -> None:
 
 
 DTRB_PROCESS = """
-import sys, time
+import sys
 sys.path.insert(0, {benchmarks!r})
-import importlib.util
-spec = importlib.util.spec_from_file_location("inference_benchmark", {inference!r})
-inference = importlib.util.module_from_spec(spec); spec.loader.exec_module(inference)
+import deploy, inference
 from text_recognition import TextRecognitionModel
-spec = importlib.util.spec_from_file_location("deploy_benchmark", {deploy!r})
-deploy = importlib.util.module_from_spec(spec); spec.loader.exec_module(deploy)
 model = inference.dtrb_model(TextRecognitionModel.from_dtrb_checkpoint({weights!r}, deploy.g2_config()))
 for name in ("IC15_train_4468", "IIIT5k_train_2000", "SVT_train_257"):
     print(name, inference.dtrb_style_evaluate(model, {real!r} + "/" + name, 192))
@@ -160,8 +149,7 @@ for name in ("IC15_train_4468", "IIIT5k_train_2000", "SVT_train_257"):
 def whole_process(forms: dict[str, Path], repeats: int) -> None:
     python, env = sys.executable, timing.child_env()
     benchmarks = Path(__file__).resolve().parent
-    dtrb = DTRB_PROCESS.format(benchmarks=str(benchmarks), inference=str(benchmarks / "inference.py"),
-                               deploy=str(Path(__file__).resolve()), weights=str(WEIGHTS), real=str(REAL))  # fmt: skip
+    dtrb = DTRB_PROCESS.format(benchmarks=str(benchmarks), weights=str(WEIGHTS), real=str(REAL))
     result_dir = tempfile.mkdtemp(prefix="deploy_results_")
 
     def ours(path: Path) -> list[str]:

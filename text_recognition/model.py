@@ -22,7 +22,7 @@ from .checkpoints import check_state_dict, read_dtrb_state_dict, verify_tps_buff
 from .hub import build_card, is_repo_id, load_model_card_template
 from .registry import build_stage
 from .tokenizer import BLANK_ID, EOS_ID, build_tokenizer
-from .transforms import ImageInput, preprocess
+from .transforms import ImageInput, as_image_list, preprocess
 
 if TYPE_CHECKING:
     from .onnx_model import OnnxModel
@@ -232,10 +232,7 @@ class TextRecognitionModel(
         options = DecodingOptions(beam_width, allowlist, blocklist, tuple(lexicon) if lexicon is not None else None,
                                   pattern, min_confidence)  # fmt: skip
         decoder = self.decoder(options)
-        single = (str, os.PathLike, bytes, bytearray, memoryview)  # bytes: one encoded image, not a sequence of ints
-        if isinstance(images, single) or not isinstance(images, Iterable) or hasattr(images, "shape"):
-            images = [images]
-        images = list(images)
+        images = as_image_list(images)
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
         was_training = self.training

@@ -29,7 +29,7 @@ from .config import ModelConfig
 from .decoding import Decoder, DecodingOptions, Recognition
 from .registry import stage_class
 from .tokenizer import build_tokenizer
-from .transforms import ImageInput, preprocess
+from .transforms import ImageInput, as_image_list, preprocess
 
 ONNX_SUFFIX = ".onnx"
 SIDECAR_FORMAT = "text_recognition-onnx"
@@ -337,10 +337,7 @@ class OnnxModel:
         options = DecodingOptions(beam_width, allowlist, blocklist, tuple(lexicon) if lexicon is not None else None,
                                   pattern, min_confidence)  # fmt: skip
         decoder = self.decoder(options)
-        single = (str, os.PathLike, bytes, bytearray, memoryview)
-        if isinstance(images, single) or not isinstance(images, Iterable) or hasattr(images, "shape"):
-            images = [images]
-        images = list(images)
+        images = as_image_list(images)
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
         results: list[Recognition] = []

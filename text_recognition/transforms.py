@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -187,6 +187,15 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
                              f"scale it to 8 bits, or pass uint16 (scaled as 16-bit pixels).")  # fmt: skip
         return array.astype(np.uint8)
     raise ValueError(f"Unsupported image dtype {array.dtype}: pass uint8, uint16, integers or floats in [0, 1].")
+
+
+def as_image_list(images: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:
+    """``recognize``'s ``images`` as a list: one image (a path, encoded bytes, an array or tensor, a PIL image) or a
+    sequence of them. Bytes are one encoded image, not a sequence of ints."""
+    single = (str, os.PathLike, bytes, bytearray, memoryview)
+    if isinstance(images, single) or not isinstance(images, Iterable) or hasattr(images, "shape"):
+        return [images]
+    return list(images)
 
 
 def preprocess(images: Sequence[ImageInput], config: ModelConfig) -> torch.Tensor:
