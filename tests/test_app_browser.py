@@ -1,0 +1,153 @@
+"""The app in a real browser: ``scripts/app.py`` serves a saved model on 127.0.0.1 and headless Chromium (Debian's
+``chromium`` with ``chromium-driver``, driven by selenium) uploads word images; the page shows the text and
+confidence ``model.recognize`` gives, and bad files (not an image, a lexicon that is not UTF-8) as errors on the
+page, not tracebacks. Skips, naming what is missing, where no browser or driver is installed (.ci/run installs
+them)."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+
+import pytest
+import torch
+from app_server import app_env, free_port, served
+from conftest import REPO_ROOT, subprocess_env
+
+from text_recognition import ModelConfig, TextRecognitionModel
+from text_recognition.data import SyntheticWords
+
+CHROMIUM = next((path for name in ("chromium", "chromium-browser") if (path := shutil.which(name))), None)
+CHROMEDRIVER = shutil.which("chromedriver")
+MISSING = [what for what, found in [
+    ("selenium (pip install selenium)", importlib.util.find_spec("selenium")),
+    ("gradio (pip install 'text_recognition[app]')", importlib.util.find_spec("gradio")),
+    ("chromium (apt-get install chromium)", CHROMIUM),
+    ("chromedriver (apt-get install chromium-driver)", CHROMEDRIVER),
+] if not found]  # fmt: skip
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(bool(MISSING), reason=f"needs {', '.join(MISSING)}")]
+WAIT = 120  # seconds for a reading to show, on a busy machine
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory):
+    """A saved tiny CTC model; temperature 0.01 gives its random readings confidences far from 0."""
+    folder = tmp_path_factory.mktemp("browser") / "model"
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = TextRecognitionModel(ModelConfig("None", "VGG", "BiLSTM", "CTC", output_channel=32, hidden_size=32,
+                                                 temperature=0.01))  # fmt: skip
+        model.init_weights()
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def page_url(model_folder, tmp_path_factory):
+    scratch = tmp_path_factory.mktemp("app_server")
+    port = free_port()
+    argv = [sys.executable, str(REPO_ROOT / "scripts" / "app.py"), "--saved_model", str(model_folder), "--port",
+            str(port)]  # fmt: skip
+    with served(argv, app_env(subprocess_env(), port, scratch / "gradio"), port, scratch, scratch / "app.log") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--window-size=1400,1000", "--disable-background-networking", "--no-first-run",
+                     "--disable-extensions", "--disable-component-update"):  # fmt: skip
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def open_page(browser, url):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(url)
+    WebDriverWait(browser, WAIT).until(lambda b: b.find_elements(By.CSS_SELECTOR, "#upload input[type=file]"))
+
+
+def upload(browser, selector: str, paths) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.find_element(By.CSS_SELECTOR, f"{selector} input[type=file]").send_keys("\n".join(map(str, paths)))
+
+
+def wait_for_status(browser) -> str:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(browser, WAIT).until(lambda b: b.find_element(By.ID, "status").text.strip())
+    return browser.find_element(By.ID, "status").text
+
+
+def test_the_page_shows_what_recognize_reads(page_url, browser, model_folder, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    words = SyntheticWords(seed=7)
+    paths = []
+    for i in range(2):
+        image, label = words.render(i)
+        paths.append(tmp_path / f"word_{i}_{label}.png")
+        image.save(paths[-1])
+    expected = TextRecognitionModel.from_pretrained(model_folder).recognize(paths)
+    assert all(r.text for r in expected) and min(r.confidence for r in expected) > 1e-3, "the test needs readings"
+
+    open_page(browser, page_url)
+    upload(browser, "#upload", paths)
+    assert wait_for_status(browser) == "Read 2 images."
+    names = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#readings .tr-name")]
+    texts = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#readings .tr-text")]
+    confidences = browser.find_elements(By.CSS_SELECTOR, "#readings .tr-confidence")
+    assert names == [p.name for p in paths]
+    assert texts == [r.text for r in expected]
+    assert [float(e.get_attribute("data-value")) for e in confidences] == pytest.approx(
+        [r.confidence for r in expected], rel=1e-5)  # fmt: skip
+    assert [e.text for e in confidences] == [f"{r.confidence:.4f}" for r in expected]
+    pictures = browser.find_elements(By.CSS_SELECTOR, "#readings img.tr-seen, #readings img.tr-steps")
+    assert len(pictures) == 4 and all(browser.execute_script("return arguments[0].naturalWidth", p) > 0
+                                      for p in pictures)  # fmt: skip
+    facts = browser.find_element(By.ID, "facts").text
+    assert "None-VGG-BiLSTM-CTC" in facts and "temperature 0.01 (calibrated)" in facts
+
+
+def test_a_file_that_is_no_image_is_an_error_on_the_page(page_url, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("a shopping list, not a picture")
+    open_page(browser, page_url)
+    upload(browser, "#upload", [notes])
+    status = wait_for_status(browser)
+    assert status.startswith("Read 0 images. 1 could not be read: notes.txt is not an image"), status
+    errors = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#readings .tr-error")]
+    assert len(errors) == 1 and errors[0].startswith("notes.txt is not an image")
+    assert "Traceback" not in browser.page_source
+
+
+def test_a_lexicon_that_is_not_utf8_is_an_error_on_the_page(page_url, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    lexicon = tmp_path / "words.txt"
+    lexicon.write_bytes("café\nthé\n".encode("latin-1"))
+    image = tmp_path / "word.png"
+    SyntheticWords(seed=8).render(0)[0].save(image)
+    open_page(browser, page_url)
+    browser.find_element(By.CSS_SELECTOR, "#options button").click()  # open the accordion: its fields render then
+    WebDriverWait(browser, WAIT).until(lambda b: b.find_elements(By.CSS_SELECTOR, "#lexicon input[type=file]"))
+    upload(browser, "#lexicon", [lexicon])
+    upload(browser, "#upload", [image])
+    status = wait_for_status(browser)
+    assert status.startswith("Error: The lexicon 'words.txt' is not UTF-8 text (byte 0xe9 at position 3"), status
+    assert browser.find_elements(By.CSS_SELECTOR, "#readings .tr-reading") == []
