@@ -26,8 +26,8 @@ from text_recognition.app import (
     write_space,
 )
 from text_recognition.app.page import facts_markdown, read_page
-from text_recognition.app.pictures import SCALE, head_steps, seen_picture
-from text_recognition.app.reading import example_images, flatten_crop, model_facts, read_card
+from text_recognition.app.pictures import OTHER, SCALE, box_picture, head_steps, seen_picture
+from text_recognition.app.reading import box_from_corners, crop_photo, example_images, model_facts, read_card
 from text_recognition.cli import run
 from text_recognition.data import SyntheticWords
 from text_recognition.hub import card_with_results
@@ -240,20 +240,23 @@ def test_the_readings_html_escapes_and_formats(saved):
     assert shown.count("data:image/png;base64,") == 2  # the input and the steps picture
 
 
-def test_the_crop_tool_reads_the_cropped_box(saved):
+def test_the_crop_tool_reads_the_box_of_two_clicks(saved):
     folder, paths = saved
     app_model = load_app_model(folder)
     word = Image.open(paths[0]).convert("RGBA")
-    photo = Image.new("RGBA", (300, 200), (0, 0, 0, 0))
+    photo = Image.new("RGBA", (300, 200), (0, 0, 0, 0))  # transparent around the word: read on white
     photo.paste(word, (40, 50))
-    box = photo.crop((40, 50, 40 + word.width, 50 + word.height))  # what the editor's crop gives as "composite"
-    cropped = flatten_crop({"background": photo, "layers": [], "composite": box})
+    box = box_from_corners((40 + word.width - 1, 50 + word.height - 1), (40, 50), photo.size)  # either order
+    assert box == (40, 50, 40 + word.width, 50 + word.height)
+    assert box_from_corners((-5, 400), (10, 10), photo.size) == (0, 10, 11, 200)  # kept within the photo
+    cropped = crop_photo(photo, box)
     assert cropped.mode == "RGB" and cropped.size == word.size
-    reading = read_images(app_model, [("cropped box", cropped)])[0]
+    reading = read_images(app_model, [("box", cropped)])[0]
     assert reading.text == app_model.model.recognize(Image.open(paths[0]))[0].text
-    assert flatten_crop({"background": None, "layers": [], "composite": None}) is None
-    empty = flatten_crop({"composite": np.zeros((0, 5, 4), dtype=np.uint8)})
-    assert "no pixels" in read_images(app_model, [("cropped box", empty)])[0].error
+    with pytest.raises(AppError, match="No photo"):
+        crop_photo(None, box)
+    drawn = box_picture(photo, [], box)
+    assert drawn.size == photo.size and drawn.getpixel((40, 60)) == OTHER and drawn.getpixel((45, 60)) != OTHER
 
 
 def test_the_bundled_examples_are_small_word_images():

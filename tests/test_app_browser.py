@@ -151,3 +151,45 @@ def test_a_lexicon_that_is_not_utf8_is_an_error_on_the_page(page_url, browser, t
     status = wait_for_status(browser)
     assert status.startswith("Error: The lexicon 'words.txt' is not UTF-8 text (byte 0xe9 at position 3"), status
     assert browser.find_elements(By.CSS_SELECTOR, "#readings .tr-reading") == []
+
+
+def test_the_crop_tool_reads_the_box_of_two_clicks(page_url, browser, model_folder, tmp_path):
+    """Two clicks on a larger photo draw a box; the page reads that box of the photo."""
+    import re
+
+    from PIL import Image
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    word = SyntheticWords(seed=9).render(0)[0].convert("RGB")
+    photo = Image.new("RGB", (360, 240), (30, 60, 90))
+    photo.paste(word, (50, 80))
+    photo.save(tmp_path / "photo.png")
+    open_page(browser, page_url)
+    tabs = browser.find_elements(By.XPATH, "//button[contains(., 'Crop a photo')]")
+    next(tab for tab in tabs if tab.is_displayed()).click()
+    WebDriverWait(browser, WAIT).until(lambda b: b.find_elements(By.CSS_SELECTOR, "#photo input[type=file]"))
+    upload(browser, "#photo", [tmp_path / "photo.png"])
+    WebDriverWait(browser, WAIT).until(lambda b: b.find_elements(By.CSS_SELECTOR, "#photo img"))
+    image = browser.find_element(By.CSS_SELECTOR, "#photo img")
+    WebDriverWait(browser, WAIT).until(lambda b: b.execute_script("return arguments[0].naturalWidth", image) == 360)
+    shown = image.size
+
+    def click(x: int, y: int) -> None:  # a pixel of the photo; selenium's offsets are from the element's centre
+        dx = (x + 0.5) * shown["width"] / 360 - shown["width"] / 2
+        dy = (y + 0.5) * shown["height"] / 240 - shown["height"] / 2
+        ActionChains(browser).move_to_element_with_offset(image, round(dx), round(dy)).click().perform()
+
+    click(50 + word.width - 1, 80 + word.height - 1)
+    WebDriverWait(browser, WAIT).until(lambda b: "First corner" in b.find_element(By.ID, "status").text)
+    click(50, 80)
+    WebDriverWait(browser, WAIT).until(lambda b: b.find_elements(By.CSS_SELECTOR, "#readings .tr-name"))
+    name = browser.find_element(By.CSS_SELECTOR, "#readings .tr-name").text
+    box = tuple(int(v) for v in re.fullmatch(r"box \((\d+), (\d+), (\d+), (\d+)\)", name).groups())
+    assert box == pytest.approx((50, 80, 50 + word.width, 80 + word.height), abs=2)  # a click lands within a pixel
+    expected = TextRecognitionModel.from_pretrained(model_folder).recognize(photo.crop(box))[0]
+    assert browser.find_element(By.CSS_SELECTOR, "#readings .tr-text").text == expected.text
+    confidence = browser.find_element(By.CSS_SELECTOR, "#readings .tr-confidence").get_attribute("data-value")
+    assert float(confidence) == pytest.approx(expected.confidence, rel=1e-5)
+    assert browser.find_elements(By.CSS_SELECTOR, "#boxed img")  # the photo with the box drawn

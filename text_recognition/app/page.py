@@ -15,15 +15,17 @@ from typing import Any
 from PIL import Image
 
 from ..fastpath import PRECISIONS
+from .pictures import box_picture
 from .reading import (
     CROP_EXAMPLE,
     EXAMPLES_DIR,
     AppError,
     AppModel,
     Reading,
+    box_from_corners,
+    crop_photo,
     decoding_options,
     example_images,
-    flatten_crop,
     read_images,
 )
 
@@ -138,11 +140,12 @@ def build_page(app_model: AppModel):
                                 label="Examples")  # fmt: skip
                     read_button = gr.Button("Read", variant="primary", elem_id="read")
                 with gr.Tab("Crop a photo"):
-                    editor = gr.ImageEditor(label="A photo: crop it to one word with the crop tool",
-                                            type="pil", transforms=("crop",), brush=False, eraser=False,
-                                            layers=False, sources=("upload", "clipboard"))  # fmt: skip
-                    gr.Examples([[str(CROP_EXAMPLE)]], inputs=editor, label="Example photo")
-                    crop_button = gr.Button("Read the cropped box", variant="primary", elem_id="read_crop")
+                    with gr.Row():
+                        photo = gr.Image(label="A photo: click two opposite corners of a word", type="pil",
+                                         sources=("upload", "clipboard"), elem_id="photo")  # fmt: skip
+                        boxed = gr.Image(label="The box read", type="pil", interactive=False, elem_id="boxed")
+                    gr.Examples([[str(CROP_EXAMPLE)]], inputs=photo, label="Example photo")
+                    corners = gr.State([])  # the first corner, until the second click
                 with gr.Accordion("Decoding options", open=False, elem_id="options"):
                     with gr.Row():
                         beam_width = gr.Slider(1, 20, value=1, step=1, label="Beam width (1: greedy)")
@@ -172,13 +175,26 @@ def build_page(app_model: AppModel):
         def read_changed(files, *values):  # an upload or an example; a cleared list reads nothing
             return read_uploads(files, *values) if files else ("", "", [])
 
-        def read_crop(value, *values):
-            image = flatten_crop(value)
-            return read_page(app_model, [("cropped box", image)] if image is not None else [], *values)
+        def select_corner(image, clicked, beam_width, allowlist, blocklist, lexicon_file, pattern, min_confidence,
+                          precision, evt):  # fmt: skip
+            """A click on the photo: the first corner is kept; the second closes the box, which is read."""
+            if image is None:
+                return [], None, "", "**Error:** No photo: upload one (or pick the example) first.", []
+            corner = (int(evt.index[0]), int(evt.index[1]))
+            if not clicked:
+                status = f"First corner at {corner}: now click the opposite corner of the word."
+                return [corner], box_picture(image, [corner]), "", status, []
+            box = box_from_corners(clicked[0], corner, image.size)
+            values = (beam_width, allowlist, blocklist, lexicon_file, pattern, min_confidence, precision)
+            html, status, as_json = read_page(app_model, [(f"box {box}", crop_photo(image, box))], *values)
+            return [], box_picture(image, [], box), html, status, as_json
+
+        select_corner.__annotations__ = {"evt": gr.SelectData}  # Gradio passes the click's (x, y) by this type
 
         upload.change(read_changed, [upload, *options], outputs, api_name=False)
         read_button.click(read_uploads, [upload, *options], outputs, api_name="read")
-        crop_button.click(read_crop, [editor, *options], outputs, api_name="read_crop")
+        photo.change(lambda image: ([], None), photo, [corners, boxed], api_name=False)  # a new photo: a new box
+        photo.select(select_corner, [photo, corners, *options], [corners, boxed, *outputs], api_name=False)
     return page
 
 

@@ -120,3 +120,15 @@ def steps_picture(model: TextRecognitionModel, image: Image.Image, text: str, pr
         if below is not None:  # the model's first choice, where the reading went another way
             draw.text((x + CELL / 2, top + BAR + 22), below, fill=OTHER, font=small, anchor="ma")
     return picture
+
+
+def box_picture(photo: Image.Image, corners: list[tuple[int, int]], box: tuple[int, int, int, int] | None = None):
+    """``photo`` with the crop tool's first corner marked, or its ``box`` drawn."""
+    picture = photo.convert("RGB")
+    draw = ImageDraw.Draw(picture)
+    line = max(2, round(max(picture.size) / 250))
+    if box is not None:
+        draw.rectangle([box[0], box[1], box[2] - 1, box[3] - 1], outline=OTHER, width=line)
+    for x, y in corners:
+        draw.ellipse([x - 3 * line, y - 3 * line, x + 3 * line, y + 3 * line], outline=OTHER, width=line)
+    return picture

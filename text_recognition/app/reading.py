@@ -236,19 +236,29 @@ def read_images(
     return readings
 
 
-def flatten_crop(value: Any) -> Image.Image | None:
-    """The image of the crop tool (a Gradio ``ImageEditor`` value: a dict whose ``composite`` is the cropped photo,
-    or a bare image), on white where it is transparent; None when nothing was given."""
-    image = value.get("composite") if isinstance(value, dict) else value
-    if image is None:
-        return None
-    if not isinstance(image, Image.Image):
-        image = Image.fromarray(image) if hasattr(image, "shape") else Image.open(image)
-    if image.mode in ("RGBA", "LA", "P"):
-        image = image.convert("RGBA")
-        white = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(white, image).convert("RGB")
-    return image
+def box_from_corners(first: Sequence[int], second: Sequence[int], size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The box ``(left, top, right, bottom)`` (``PIL.Image.crop``'s) whose opposite corner pixels are ``first`` and
+    ``second`` (``(x, y)`` clicks, in either order), both included, kept within an image of ``size``."""
+    width, height = size
+    (x0, y0), (x1, y1) = first, second
+    left, right = sorted((min(max(int(x0), 0), width - 1), min(max(int(x1), 0), width - 1)))
+    top, bottom = sorted((min(max(int(y0), 0), height - 1), min(max(int(y1), 0), height - 1)))
+    return left, top, right + 1, bottom + 1
+
+
+def crop_photo(photo: Image.Image | None, box: tuple[int, int, int, int]) -> Image.Image:
+    """The crop tool's word: ``box`` of ``photo``, on white where the photo is transparent.
+
+    Raises:
+        AppError: no photo.
+    """
+    if photo is None:
+        raise AppError("No photo: upload one (or pick the example), then click two opposite corners of a word.")
+    word = photo.crop(box)
+    if word.mode in ("RGBA", "LA", "P", "PA"):
+        word = word.convert("RGBA")
+        word = Image.alpha_composite(Image.new("RGBA", word.size, (255, 255, 255, 255)), word).convert("RGB")
+    return word
 
 
 def example_images() -> list[Path]:
