@@ -72,12 +72,12 @@ def readings_html(readings: Sequence[Reading]) -> str:
         shown = html.escape(reading.text) if reading.text else "<i>(nothing read)</i>"
         abstained = ('<span class="tr-abstained">abstained</span>' if reading.abstained
                      else '<span class="tr-answered">not abstained</span>')  # fmt: skip
-        pictures = ""
+        pictures = ""  # the input as the model saw it, and under it (aligned for CTC) what it read of it
         if reading.seen is not None:
-            pictures += (f'<div><img class="tr-seen" src="{png_data_uri(reading.seen)}" alt="model input"><br>'
-                         f'<span class="tr-caption">{html.escape(reading.seen_caption)}</span></div>')  # fmt: skip
+            pictures += f'<img class="tr-seen" src="{png_data_uri(reading.seen)}" alt="the model\'s input"><br>'
         if reading.steps is not None:
-            pictures += f'<div><img class="tr-steps" src="{png_data_uri(reading.steps)}" alt="per-step reading"></div>'
+            pictures += f'<img class="tr-steps" src="{png_data_uri(reading.steps)}" alt="what it read"><br>'
+        pictures = f'<div>{pictures}<span class="tr-caption">{html.escape(reading.seen_caption)}</span></div>'
         blocks.append(
             f'<div class="tr-reading"><div style="min-width: 14em"><b class="tr-name">{name}</b><br>'
             f'<span class="tr-text">{shown}</span><br>confidence <span class="tr-confidence" '

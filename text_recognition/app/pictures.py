@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from ..model import TextRecognitionModel
 
 SCALE = 3  # the model's input is 32 pixels high: shown three times larger, each pixel a block
-CELL = 24  # width of one frame or step in the steps picture
+CELL = 24  # width of one attention step in the steps picture (CTC frames share the input's width)
 BAR = 40  # height of a probability of 1
 BLANK_SHOWN = "·"
 END_SHOWN = "[s]"
@@ -85,40 +85,34 @@ def head_steps(model: TextRecognitionModel, image: Image.Image, text: str, preci
 
 
 def steps_picture(model: TextRecognitionModel, image: Image.Image, text: str, precision: str = "fp32") -> Image.Image:
-    """The picture of ``head_steps``: one column per frame (CTC, under the input it looks at) or per step
-    (attention), a bar as high as the probability, and the symbol below it."""
+    """The picture of ``head_steps``: a bar as high as the probability and the symbol below it, per frame (CTC: as
+    wide as ``seen_picture``, so that each frame sits under the columns of the input it reads) or per step
+    (attention, with the model's own first choice in red where the reading took another symbol)."""
     steps = head_steps(model, image, text, precision)
-    font, small = _font(16), _font(12)
-    width = max(len(steps) * CELL, 60)
-    top = 0
-    if model.config.prediction == "CTC":  # the frames cover the input from left to right
-        seen, _ = seen_picture(image, model.config)
-        strip = seen.resize((width, seen.height * width // seen.width or 1), Image.Resampling.NEAREST)
-        top = strip.height + 4
-    height = top + BAR + 42
-    picture = Image.new("RGB", (width, height), "white")
+    ctc = model.config.prediction == "CTC"
+    width = model.config.img_w * SCALE if ctc else max(len(steps) * CELL, 60)
+    cell = width / len(steps) if ctc else CELL
+    font, small = _font(14 if ctc else 16), _font(12)
+    picture = Image.new("RGB", (width, BAR + (22 if ctc else 40)), "white")
     draw = ImageDraw.Draw(picture)
-    if top:
-        picture.paste(strip, (0, 0))
+    blank, end = model.tokenizer.tokens[BLANK_ID], model.tokenizer.tokens[EOS_ID]
     previous = None
     for i, step in enumerate(steps):
-        x = i * CELL
-        if model.config.prediction == "CTC":
+        if ctc:
             symbol, probability = step
-            emits = symbol != model.tokenizer.tokens[BLANK_ID] and symbol != previous
-            shown, colour, below = (symbol if symbol != model.tokenizer.tokens[BLANK_ID] else BLANK_SHOWN,
-                                    SYMBOL if emits else QUIET, None)  # fmt: skip
+            emits = symbol != blank and symbol != previous  # what the collapse keeps
+            shown, colour, below = (symbol if symbol != blank else BLANK_SHOWN), (SYMBOL if emits else QUIET), None
             previous = symbol
         else:
-            symbol, probability, best, best_probability = step
-            shown = END_SHOWN if symbol == model.tokenizer.tokens[EOS_ID] else symbol
-            colour = SYMBOL
-            below = None if best == symbol else (END_SHOWN if best == model.tokenizer.tokens[EOS_ID] else best)
+            symbol, probability, best, _ = step
+            shown, colour = (END_SHOWN if symbol == end else symbol), SYMBOL
+            below = None if best == symbol else (END_SHOWN if best == end else best)
+        x = i * cell
         bar = round(BAR * probability)
-        draw.rectangle([x + 3, top + BAR - bar, x + CELL - 4, top + BAR], fill=colour)
-        draw.text((x + CELL / 2, top + BAR + 3), shown, fill=colour, font=font, anchor="ma")
-        if below is not None:  # the model's first choice, where the reading went another way
-            draw.text((x + CELL / 2, top + BAR + 22), below, fill=OTHER, font=small, anchor="ma")
+        draw.rectangle([round(x + cell * 0.15), BAR - bar, round(x + cell * 0.85) - 1, BAR], fill=colour)
+        draw.text((x + cell / 2, BAR + 3), shown, fill=colour, font=font, anchor="ma")
+        if below is not None:
+            draw.text((x + cell / 2, BAR + 22), below, fill=OTHER, font=small, anchor="ma")
     return picture
 
 
