@@ -21,7 +21,7 @@ from text_recognition.app.space import SPACE_END, SPACE_START
 from text_recognition.data import SyntheticWords
 
 NO_GRADIO = importlib.util.find_spec("gradio") is None
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(NO_GRADIO, reason="needs gradio: pip install 'text_recognition[app]'")]
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(NO_GRADIO, reason="needs gradio (text_recognition[app])")]
 
 
 def hub_env(hub: FakeHub, hf_home) -> dict[str, str]:
