@@ -232,7 +232,8 @@ def read_images(
         for (reading, image), result in zip(opened, results, strict=True):
             reading.text, reading.confidence, reading.abstained = result.text, result.confidence, result.abstained
             reading.seen, reading.seen_caption = seen_picture(image, model.config)
-            reading.steps = steps_picture(model, image, result.text, precision)
+            if isinstance(model, TextRecognitionModel):  # the head's steps need the PyTorch stages
+                reading.steps = steps_picture(model, image, result.text, precision)
     return readings
 
 
