@@ -122,8 +122,8 @@ def test_readings_are_what_recognize_returns_under_every_option(saved):
     lexicon = [r.text for r in plain[:2] if r.text] + ["zzz"]
     threshold = sorted(r.confidence for r in plain)[1]
     named = [(p.name, str(p)) for p in paths]
-    for options in (dict(), dict(beam_width=3), dict(allowlist="abcde0123"), dict(lexicon=lexicon, beam_width=2),
-                    dict(pattern="[a-m]+"), dict(min_confidence=threshold), dict(precision="bf16")):  # fmt: skip
+    for options in (dict(beam_width=3, allowlist="abcde0123"), dict(lexicon=lexicon, beam_width=2),
+                    dict(pattern="[a-m]+", min_confidence=threshold), dict(precision="bf16")):  # fmt: skip
         options = dict(options)
         precision = options.pop("precision", "fp32")
         expected = model.recognize(paths, **options, precision=precision)
