@@ -85,7 +85,7 @@ def test_the_facts_show_the_cards_evaluated_accuracy_with_its_protocol(saved):
 
 
 @pytest.mark.parametrize(("saved_model", "error", "match"), [
-    ("no/such/folder", FileNotFoundError, "does not exist"),
+    ("no/such/folder", FileNotFoundError, "does not exist: give a model folder"),
     ("model.onnx", ValueError, "ONNX model, which the app does not read yet"),
     ("weights.pth", ValueError, "convert_dtrb_checkpoint"),
 ])  # fmt: skip

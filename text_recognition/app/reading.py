@@ -75,6 +75,9 @@ def load_app_model(saved_model: str | os.PathLike, map_location: str = "cpu") ->
     if path.is_file():
         raise ValueError(f"{name!r} is a file: the app reads a model folder (config.json + model.safetensors) or a "
                          f"Hub id. Convert a DTRB .pth with scripts/convert_dtrb_checkpoint.py first.")  # fmt: skip
+    if not path.exists() and not is_repo_id(name):
+        raise FileNotFoundError(f"{name!r} does not exist: give a model folder (config.json + model.safetensors, e.g. "
+                                f"a training run's best_accuracy) or a Hub id (user/repo).")  # fmt: skip
     model = load_model(name, map_location=map_location)
     return AppModel(model, name, model_facts(model, name, read_card(name)))
 
