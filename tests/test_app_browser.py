@@ -105,7 +105,7 @@ def test_the_page_shows_what_recognize_reads(page_url, browser, model_folder, tm
 
     open_page(browser, page_url)
     upload(browser, "#upload", paths)
-    assert wait_for_status(browser) == "Read 2 images."
+    assert wait_for_status(browser) == "Read 2 images (PyTorch, fp32)."
     names = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#readings .tr-name")]
     texts = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#readings .tr-text")]
     confidences = browser.find_elements(By.CSS_SELECTOR, "#readings .tr-confidence")
@@ -129,7 +129,7 @@ def test_a_file_that_is_no_image_is_an_error_on_the_page(page_url, browser, tmp_
     open_page(browser, page_url)
     upload(browser, "#upload", [notes])
     status = wait_for_status(browser)
-    assert status.startswith("Read 0 images. 1 could not be read: notes.txt is not an image"), status
+    assert status.startswith("Read 0 images (PyTorch, fp32). 1 could not be read: notes.txt is not an image"), status
     errors = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#readings .tr-error")]
     assert len(errors) == 1 and errors[0].startswith("notes.txt is not an image")
     assert "Traceback" not in browser.page_source

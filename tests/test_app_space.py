@@ -76,6 +76,6 @@ def test_a_pushed_space_serves_the_model_from_the_hub(tmp_path):
             html, status, readings = client.predict([handle_file(str(image))], 1, "", "", None, "", 0, "fp32",
                                                     api_name="/read")  # fmt: skip
     expected = model.recognize(image)[0]
-    assert status == "Read 1 image." and 'class="tr-text"' in html
+    assert status == "Read 1 image (PyTorch, fp32)." and 'class="tr-text"' in html
     assert readings[0]["name"] == "word.png" and readings[0]["text"] == expected.text
     assert readings[0]["confidence"] == pytest.approx(expected.confidence, rel=1e-5) and expected.confidence > 1e-3

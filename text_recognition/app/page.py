@@ -14,7 +14,7 @@ from typing import Any
 
 from PIL import Image
 
-from ..fastpath import PRECISIONS
+from ..fastpath import PRECISIONS, check_precision
 from .pictures import box_picture
 from .reading import (
     CROP_EXAMPLE,
@@ -96,10 +96,11 @@ def _markdown_escape(text: str) -> str:
     return "".join(f"\\{c}" if c in "\\`*_{}[]()<>#+-.!|~" else c for c in text)
 
 
-def status_markdown(readings: Sequence[Reading]) -> str:
+def status_markdown(readings: Sequence[Reading], backend: str = "PyTorch", precision: str = "fp32") -> str:
+    """How many images were read, by what (backend and precision), and why the others could not be."""
     failed = [r for r in readings if r.error is not None]
     read = len(readings) - len(failed)
-    text = f"Read {read} image{'s' if read != 1 else ''}."
+    text = f"Read {read} image{'s' if read != 1 else ''} ({backend}, {precision})."
     if failed:
         text += f" **{len(failed)} could not be read:** " + "; ".join(r.error for r in failed)
     return text
@@ -114,7 +115,8 @@ def read_page(app_model: AppModel, images: list[tuple[str, Any]], beam_width, al
         readings = read_images(app_model, images, options, precision)
     except AppError as error:
         return "", f"**Error:** {error}", []
-    return readings_html(readings), status_markdown(readings), [r.to_json() for r in readings]
+    status = status_markdown(readings, app_model.backend, check_precision(precision))
+    return readings_html(readings), status, [r.to_json() for r in readings]
 
 
 def _path(value: Any) -> str | None:

@@ -38,6 +38,11 @@ class AppModel:
     source: str
     facts: list[tuple[str, str]]
 
+    @property
+    def backend(self) -> str:
+        """What computes the readings, named with each of them (so what is shown is what was run)."""
+        return "PyTorch" if isinstance(self.model, TextRecognitionModel) else type(self.model).__name__
+
 
 @dataclass
 class Reading:
