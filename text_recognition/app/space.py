@@ -93,8 +93,9 @@ def write_space(folder: str | os.PathLike, model_id: str, *, title: str | None =
     return folder
 
 
-def push_space(folder: str | os.PathLike, space_id: str, *, private: bool | None = None, token: str | None = None,
-               ) -> str:  # fmt: skip
+def push_space(
+    folder: str | os.PathLike, space_id: str, *, private: bool | None = None, token: str | None = None
+) -> str:
     """Create (if needed) the Gradio Space ``space_id`` and upload ``folder`` to it in one commit. Returns the
     commit URL.
 
