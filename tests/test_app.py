@@ -112,14 +112,14 @@ def test_the_script_does_not_start_on_a_model_that_does_not_load(tmp_path, capsy
         assert captured.err.startswith("error: ") and message in captured.err and "Running on" not in captured.out
 
 
-def test_readings_are_what_recognize_returns_under_every_option(saved):
+def test_readings_are_what_recognize_returns_under_the_decoding_options(saved):
     folder, paths = saved
     paths = paths[:3]
     app_model = load_app_model(folder)
     model = TextRecognitionModel.from_pretrained(folder)
     plain = model.recognize(paths)
     assert any(r.text for r in plain) and min(r.confidence for r in plain) > 1e-3, "the test needs real readings"
-    lexicon = [r.text for r in plain[:2] if r.text] + ["zzz"]
+    lexicon = [r.text[:8] for r in plain[:2] if r.text] + ["zzz"]  # words it can read (attention's never ended)
     threshold = sorted(r.confidence for r in plain)[1]
     named = [(p.name, str(p)) for p in paths]
     for options in (dict(beam_width=3, allowlist="abcde0123"), dict(lexicon=lexicon, beam_width=2),
