@@ -25,9 +25,12 @@ def free_port() -> int:
 
 def app_env(base: dict[str, str], port: int, temp_dir: str | os.PathLike) -> dict[str, str]:
     """``base`` with Gradio kept on loopback and quiet: no usage reports, the port given, uploads under
-    ``temp_dir``."""
+    ``temp_dir``; torch on as many threads as the tests' (fewer ways to round otherwise)."""
+    import torch
+
     return {**base, "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_SERVER_PORT": str(port),
-            "GRADIO_TEMP_DIR": str(temp_dir), "NO_PROXY": "127.0.0.1,localhost"}  # fmt: skip
+            "GRADIO_TEMP_DIR": str(temp_dir), "NO_PROXY": "127.0.0.1,localhost",
+            "OMP_NUM_THREADS": str(torch.get_num_threads())}  # fmt: skip
 
 
 @contextlib.contextmanager
