@@ -16,7 +16,7 @@ from .. import __version__
 SPACE_START = "<!-- text_recognition:space -->"
 SPACE_END = "<!-- /text_recognition:space -->"
 #: The Gradio version the Space runs when no Gradio is installed here to take it from.
-DEFAULT_GRADIO = "5.0.0"
+DEFAULT_GRADIO = "6.0.0"
 
 APP_TEMPLATE = '''"""Hugging Face Space: text_recognition's page for the model {model_id}.
 
