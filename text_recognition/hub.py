@@ -211,9 +211,11 @@ def push_model_folder(
     private: bool | None = None,
     token: str | None = None,
     commit_message: str | None = None,
+    card_text: str | None = None,
 ) -> str:
     """Push a model folder (``config.json``, ``model.safetensors``, ``README.md``) to a Hub model repo, creating it if
-    needed, in one commit. Returns the commit URL.
+    needed, in one commit. Returns the commit URL. ``card_text`` replaces the folder's ``README.md`` in the push (the
+    folder itself is left as it is).
 
     Raises:
         FileNotFoundError: the folder is not a complete model folder.
@@ -229,8 +231,18 @@ def push_model_folder(
     api = HfApi(token=token)
     try:
         repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-        commit = api.upload_folder(repo_id=repo_id, folder_path=folder,
-                                   commit_message=commit_message or f"Upload {folder.name}")  # fmt: skip
+        message = commit_message or f"Upload {folder.name}"
+        if card_text is None:
+            commit = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=message)
+        else:
+            from huggingface_hub import CommitOperationAdd
+
+            files = [path for path in sorted(folder.rglob("*")) if path.is_file()
+                     and not any(part.startswith(".") for part in path.relative_to(folder).parts)]  # fmt: skip
+            operations = [CommitOperationAdd(path.relative_to(folder).as_posix(), path) for path in files
+                          if path.relative_to(folder).as_posix() != "README.md"]  # fmt: skip
+            operations.append(CommitOperationAdd("README.md", card_text.encode("utf-8")))
+            commit = api.create_commit(repo_id, operations, commit_message=message)
     except HfHubHTTPError as error:
         raise _refused(error, repo_id) from None
     return commit.commit_url if hasattr(commit, "commit_url") else str(commit)
