@@ -40,6 +40,11 @@ class Option:
         return self.kind is bool
 
 
+def _optional_bool(value: str) -> bool:
+    """The type of an optional boolean flag (``--decode_ar false``): ``str2bool``."""
+    return str2bool(value)
+
+
 def dataclass_options(cls: type) -> list[Option]:
     """The options of a config dataclass: every field made with ``config.option`` (flags, help) or plainly
     (``--<name>``), its type read from the annotation's first member (``int | None`` -> int)."""
@@ -48,6 +53,8 @@ def dataclass_options(cls: type) -> list[Option]:
         if not item.metadata.get("cli", True):
             continue
         kind = _TYPES[str(item.type).split("|")[0].strip()]
+        if kind is bool and item.default is None:  # an optional boolean: a value flag, --decode_ar false
+            kind = _optional_bool
         if kind is bool and item.default is not False:
             raise TypeError(f"{cls.__name__}.{item.name}: boolean options must default to False (a --flag switch).")
         flags = tuple(item.metadata.get("flags") or ()) or (f"--{item.name}",)

@@ -49,9 +49,10 @@ class ModelConfig:
 
     Args:
         transformation: ``"None"`` or ``"TPS"`` (``--Transformation``).
-        feature_extraction: ``"VGG"``, ``"RCNN"`` or ``"ResNet"`` (``--FeatureExtraction``).
+        feature_extraction: ``"VGG"``, ``"RCNN"``, ``"ResNet"`` or ``"ViT"`` (``--FeatureExtraction``).
         sequence_modeling: ``"None"`` or ``"BiLSTM"`` (``--SequenceModeling``).
-        prediction: ``"CTC"`` or ``"Attn"`` (``--Prediction``). Stage names are case-insensitive.
+        prediction: ``"CTC"``, ``"Attn"``, ``"PARSeq"`` or ``"ViTSTR"`` (``--Prediction``). Stage names are
+            case-insensitive.
         num_fiducial: TPS fiducial points F (even, at least 4).
         input_channel: 1 (grayscale) or 3 (RGB, DTRB's ``--rgb``).
         output_channel: CNN output channels; inner widths are fractions of it.
@@ -67,6 +68,13 @@ class ModelConfig:
         temperature: confidences are computed from ``softmax(logits / temperature)``; 1.0 (DTRB's) until a
             calibration fits it (``scripts/calibrate.py``, or training at its end). Predictions do not depend on it.
         config_version: format version of this config, for future migrations.
+        vit_size, patch_h, patch_w, embed_dim, encoder_depth, encoder_heads, encoder_mlp_ratio: the ViT encoder
+            (``--FeatureExtraction ViT``; ``None`` otherwise): a named size, ``"tiny"`` or ``"small"`` (strhub's
+            parseq-tiny and parseq), fills in whatever is not given.
+        decoder_depth, decoder_heads, decoder_mlp_ratio, dropout, perm_num, perm_forward, perm_mirrored: the PARSeq
+            decoder and its permutation training (``--Prediction PARSeq``; ``None`` otherwise; strhub's defaults).
+        decode_ar, refine_iters: PARSeq's decoding mode: autoregressive or all positions at once, then that many
+            refinement passes (default ``True``, 1, strhub's).
 
     Raises:
         ValueError: for an unknown stage name (with the choices and a close match), an odd or too small
@@ -94,6 +102,24 @@ class ModelConfig:
     batch_max_length: int = option(25, help="maximum label length")
     temperature: float = option(1.0, help="confidence temperature (fitted by calibration)", cli=False)
     config_version: int = option(1, help="format version of config.json", cli=False)
+    # ViT feature extraction (None for the other stages; resolved from vit_size for ViT)
+    vit_size: str | None = option(None, help="ViT size: tiny | small (strhub's parseq-tiny, parseq; default small)")
+    patch_h: int | None = option(None, help="ViT patch height (default 4)")
+    patch_w: int | None = option(None, help="ViT patch width (default 8)")
+    embed_dim: int | None = option(None, help="ViT width (default from --vit_size: 192 tiny, 384 small)")
+    encoder_depth: int | None = option(None, help="ViT blocks (default 12)")
+    encoder_heads: int | None = option(None, help="ViT attention heads (default from --vit_size: 3 tiny, 6 small)")
+    encoder_mlp_ratio: float | None = option(None, help="ViT MLP expansion (default 4)")
+    # PARSeq prediction (None for the other heads)
+    decoder_depth: int | None = option(None, help="PARSeq decoder layers (default 1)")
+    decoder_heads: int | None = option(None, help="PARSeq decoder heads (default: its width / 32)")
+    decoder_mlp_ratio: float | None = option(None, help="PARSeq decoder MLP expansion (default 4)")
+    dropout: float | None = option(None, help="PARSeq decoder dropout (default 0.1)")
+    perm_num: int | None = option(None, help="PARSeq training permutations per batch (default 6)")
+    perm_forward: bool | None = option(None, help="PARSeq: always train the left-to-right order (default true)")
+    perm_mirrored: bool | None = option(None, help="PARSeq: pair each order with its reverse (default true)")
+    decode_ar: bool | None = option(None, help="PARSeq: decode autoregressively (default true; false: all at once)")
+    refine_iters: int | None = option(None, help="PARSeq: cloze refinement passes after decoding (default 1)")
 
     def __post_init__(self) -> None:
         self.transformation = canonical_stage_name("transformation", self.transformation)
@@ -117,14 +143,16 @@ class ModelConfig:
                 f"num_fiducial must be even and at least 4 (TPS puts F/2 points on each of the top and bottom "
                 f"edges), got {self.num_fiducial}."
             )
-        if self.img_h < 32:
+        self._resolve_vit()
+        self._resolve_strhub_heads()
+        if self.feature_extraction != "ViT" and self.img_h < 32:
             raise ValueError(
                 f"img_h must be at least 32: the CNNs downsample the height by 16 and need 2 rows left, got "
                 f"{self.img_h}."
             )
-        if self.img_w < 16:
+        if self.feature_extraction != "ViT" and self.img_w < 16:
             raise ValueError(f"img_w must be at least 16 for the CNNs to produce any column, got {self.img_w}.")
-        divisor = _CHANNEL_DIVISORS[self.feature_extraction]
+        divisor = _CHANNEL_DIVISORS.get(self.feature_extraction, 1)
         if self.output_channel % divisor:
             raise ValueError(
                 f"output_channel must be a multiple of {divisor} for {self.feature_extraction} (its inner widths "
@@ -153,10 +181,100 @@ class ModelConfig:
                 f"its position is its class id."
             )
 
+    def _resolve_vit(self) -> None:
+        """Fill in the ViT fields from ``vit_size`` (ViT), or check that none is set (the other extractors)."""
+        names = ("vit_size", "patch_h", "patch_w", "embed_dim", "encoder_depth", "encoder_heads", "encoder_mlp_ratio")
+        if self.feature_extraction != "ViT":
+            given = [f"--{name}" for name in names if getattr(self, name) is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)} set(s) the ViT encoder, but --FeatureExtraction is "
+                                 f"{self.feature_extraction}: use --FeatureExtraction ViT or leave them out.")
+            return
+        from .stages.vit import VIT_SIZES
+
+        if self.vit_size is None:
+            self.vit_size = "small"
+        if self.vit_size not in VIT_SIZES:
+            raise ValueError(f"Unknown --vit_size {self.vit_size!r}. Choose one of: {', '.join(VIT_SIZES)} (or set "
+                             f"--embed_dim --encoder_depth --encoder_heads freely).")  # fmt: skip
+        embed_dim, depth, heads = VIT_SIZES[self.vit_size]
+        defaults = {"patch_h": 4, "patch_w": 8, "embed_dim": embed_dim, "encoder_depth": depth,
+                    "encoder_heads": heads, "encoder_mlp_ratio": 4.0}  # fmt: skip
+        for name, value in defaults.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        _check_positive(self, ("patch_h", "patch_w", "embed_dim", "encoder_depth", "encoder_heads"))
+        self.encoder_mlp_ratio = _positive_float(self.encoder_mlp_ratio, "encoder_mlp_ratio")
+        if self.embed_dim % self.encoder_heads:
+            raise ValueError(f"--embed_dim ({self.embed_dim}) must be a multiple of --encoder_heads "
+                             f"({self.encoder_heads}): each head takes an equal share of the width.")  # fmt: skip
+        if self.img_h % self.patch_h or self.img_w % self.patch_w:
+            raise ValueError(f"The ViT cuts the image into {self.patch_h}x{self.patch_w} patches: --imgH "
+                             f"({self.img_h}) must be a multiple of --patch_h and --imgW ({self.img_w}) of --patch_w "
+                             f"(strhub's models read 32x128: --imgH 32 --imgW 128).")  # fmt: skip
+
+    def _resolve_strhub_heads(self) -> None:
+        """Fill in the PARSeq fields (PARSeq), or check that none is set (the other heads)."""
+        names = ("decoder_depth", "decoder_heads", "decoder_mlp_ratio", "dropout", "perm_num", "perm_forward",
+                 "perm_mirrored", "decode_ar", "refine_iters")  # fmt: skip
+        if self.prediction != "PARSeq":
+            given = [f"--{name}" for name in names if getattr(self, name) is not None]
+            if given:
+                modes = " (ViTSTR reads every position at once: it has no decoding mode)" if (
+                    self.prediction == "ViTSTR" and ("--decode_ar" in given or "--refine_iters" in given)) else ""
+                raise ValueError(f"{', '.join(given)} set(s) the PARSeq decoder, but --Prediction is "
+                                 f"{self.prediction}{modes}: use --Prediction PARSeq or leave them out.")
+            if self.prediction == "ViTSTR":
+                if self.feature_extraction != "ViT":
+                    raise ValueError(f"--Prediction ViTSTR classifies the first tokens of a ViT with a class token: it "
+                                     f"needs --FeatureExtraction ViT, got {self.feature_extraction}.")  # fmt: skip
+                tokens = (self.img_h // self.patch_h) * (self.img_w // self.patch_w)
+                if tokens < self.batch_max_length + 1:
+                    raise ValueError(f"--Prediction ViTSTR reads batch_max_length + 1 = {self.batch_max_length + 1} "
+                                     f"patch tokens, but a {self.img_h}x{self.img_w} image in {self.patch_h}x"
+                                     f"{self.patch_w} patches has {tokens}: use a larger image or smaller patches, or "
+                                     f"lower --batch_max_length.")  # fmt: skip
+            return
+        defaults = {"decoder_depth": 1, "decoder_mlp_ratio": 4.0, "dropout": 0.1, "perm_num": 6, "perm_forward": True,
+                    "perm_mirrored": True, "decode_ar": True, "refine_iters": 1}  # fmt: skip
+        for name, value in defaults.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        width = self.prediction_in_features
+        if self.decoder_heads is None:
+            if width % 32:
+                raise ValueError(f"The PARSeq decoder's width is that of its input, {width}, which is no multiple "
+                                 f"of 32: give --decoder_heads (a divisor of {width}).")  # fmt: skip
+            self.decoder_heads = width // 32
+        _check_positive(self, ("decoder_depth", "decoder_heads", "perm_num"))
+        if width % self.decoder_heads:
+            raise ValueError(f"--decoder_heads ({self.decoder_heads}) must divide the PARSeq decoder's width, that of "
+                             f"its input ({width}).")  # fmt: skip
+        self.decoder_mlp_ratio = _positive_float(self.decoder_mlp_ratio, "decoder_mlp_ratio")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise ValueError(f"--dropout must be in [0, 1), got {self.dropout!r}.")
+        self.dropout = float(self.dropout)
+        for name in ("perm_forward", "perm_mirrored", "decode_ar"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"--{name} must be true or false, got {getattr(self, name)!r}.")
+        if isinstance(self.refine_iters, bool) or not isinstance(self.refine_iters, int) or self.refine_iters < 0:
+            raise ValueError(f"--refine_iters must be 0 or more, got {self.refine_iters!r}.")
+        if self.perm_mirrored and self.perm_num % 2:
+            raise ValueError(f"--perm_num ({self.perm_num}) must be even with --perm_mirrored (each order is paired "
+                             f"with its reverse).")  # fmt: skip
+
+    @property
+    def prediction_in_features(self) -> int:
+        """Width of the features the prediction head reads (the last stage before it)."""
+        if self.sequence_modeling == "BiLSTM":
+            return self.hidden_size
+        return self.embed_dim if self.feature_extraction == "ViT" else self.output_channel
+
     @property
     def num_class(self) -> int:
-        """Output classes: the charset plus the CTC blank, or plus ``[GO]`` and ``[s]`` for attention."""
-        return len(self.character) + (1 if self.prediction == "CTC" else 2)
+        """Output classes: the charset plus the CTC blank, plus ``[GO]`` and ``[s]`` for attention, or plus ``[E]``
+        for PARSeq and ViTSTR (whose ``[B]`` and ``[P]`` are inputs only)."""
+        return len(self.character) + (2 if self.prediction == "Attn" else 1)
 
     @property
     def stage_string(self) -> str:
@@ -189,6 +307,19 @@ class ModelConfig:
                 f"(e.g. 'TPS-ResNet-BiLSTM-Attn'), got {stage_string!r}."
             )
         return cls(*parts, **kwargs)
+
+
+def _check_positive(config: ModelConfig, names: Sequence[str]) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"--{name} must be a positive integer, got {value!r}.")
+
+
+def _positive_float(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise ValueError(f"--{name} must be a positive number, got {value!r}.")
+    return float(value)
 
 
 def parse_select_data(select_data: str | Sequence[str]) -> list[str]:

@@ -19,6 +19,8 @@ from ..tokenizer import BLANK_ID, EOS_ID, GO_ID
 class CTCHead(nn.Linear):
     """CTC head: one linear layer per column, blank at index 0. Keys ``Prediction.weight``/``Prediction.bias``."""
 
+    teacher_forced = False  # training does not feed it the labels
+
     @classmethod
     def from_config(cls, config, in_features: int) -> CTCHead:
         return cls(in_features, config.num_class)
@@ -78,6 +80,8 @@ class AttentionCell(nn.Module):
 @register_stage("prediction", "Attn")
 class Attention(nn.Module):
     """Attention decoder with one-hot character inputs, ``[GO]`` = 0 and ``[s]`` = 1, as DTRB's."""
+
+    teacher_forced = True  # training feeds it the labels
 
     def __init__(self, input_size: int, hidden_size: int, num_classes: int, batch_max_length: int = 25) -> None:
         super().__init__()

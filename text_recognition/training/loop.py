@@ -94,7 +94,7 @@ def optimizer_step(run: Run) -> str:
         last = number == len(kept) - 1
         with contextlib.nullcontext() if last else accelerator.no_sync(model):
             with accelerator.autocast():
-                logits = model(images, targets if config.prediction == "Attn" else None)
+                logits = model(images, targets if run.unwrapped.teacher_forced else None)
             loss = run.unwrapped.loss(logits, targets, lengths, **run.loss_kwargs)
             accelerator.backward(loss * (accumulation / len(kept)))  # backward divides by `accumulation`
         losses.append((loss.detach().float(), len(batch["labels"])))
