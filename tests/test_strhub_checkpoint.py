@@ -237,3 +237,52 @@ def test_convert_script_writes_a_model_folder_whose_decoding_mode_is_settable(tm
                                                        enc_heads=ENC_HEADS, dec_heads=DEC_HEADS))  # fmt: skip
     with pytest.raises(ValueError, match="is not empty; pass --overwrite"):
         main(["--saved_model", str(path), "--output_dir", str(out)])
+
+
+def test_scripts_read_a_strhub_checkpoint_and_take_the_decoding_mode(tmp_path, parseq_checkpoint, capsys,
+                                                                     monkeypatch):  # fmt: skip
+    """demo.py reads a strhub .pt as it is (load_model recognises it), and --decode_ar / --refine_iters set the
+    decoding mode of a saved PARSeq (its config.json yields to them); other heads refuse them."""
+    from test_scripts import load_script
+
+    from text_recognition.cli import run
+    from text_recognition.model import load_model
+
+    path, state = parseq_checkpoint
+    assert load_model(path).config.stage_string == "None-ViT-None-PARSeq"
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    pictures = [Image.fromarray(rng.integers(0, 256, (40, 150, 3), dtype=np.uint8)) for _ in range(2)]
+    for i, picture in enumerate(pictures):
+        picture.save(folder / f"word_{i}.png")
+    monkeypatch.chdir(tmp_path)
+    demo = load_script("demo")
+    argv = ["--image_folder", str(folder), "--saved_model", str(path), "--workers", "0", "--decode_ar", "false",
+            "--refine_iters", "2"]  # fmt: skip
+    assert run(demo.main, argv) == 0
+    printed = [line.split("\t")[1].strip() for line in capsys.readouterr().out.strip().splitlines()[3:]]
+    x = preprocess(pictures, ModelConfig("None", "ViT", "None", "PARSeq", input_channel=3, img_w=128))
+    reference = reference_parseq_forward(state, x, decode_ar=False, refine_iters=2, enc_heads=ENC_HEADS,
+                                         dec_heads=DEC_HEADS)  # fmt: skip
+    model = load_model(path)
+    assert printed == [text for text, _ in model.tokenizer.decode_with_confidence(reference)]
+
+    ctc = TextRecognitionModel(ModelConfig("None", "VGG", "None", "CTC", output_channel=32))
+    ctc.save_pretrained(tmp_path / "ctc")
+    assert run(demo.main, ["--image_folder", str(folder), "--saved_model", str(tmp_path / "ctc"), "--workers", "0",
+                           "--refine_iters", "1"]) == 1  # fmt: skip
+    assert "--refine_iters set(s) the PARSeq decoder, but --Prediction is CTC" in capsys.readouterr().err
+
+
+def test_model_card_names_the_architecture(parseq_checkpoint):
+    model = TextRecognitionModel(ModelConfig("None", "ViT", "None", "PARSeq", input_channel=3, img_w=128,
+                                             vit_size="tiny"))  # fmt: skip
+    card = str(model.generate_model_card())
+    assert "**None-ViT-None-PARSeq** (PARSeq-Ti)" in card
+    assert "ViT (tiny preset: width 192, 12 blocks, 3 heads, 4x8 patches)" in card
+    assert "PARSeq (1 decoder layer(s), 6 heads; autoregressive decoding, 1 refinement pass(es))" in card
+    assert "bautista2022parseq" in card and "baek2019STRcomparisons" in card
+    path, _ = parseq_checkpoint
+    assert "(PARSeq (ViT 128 wide, 1 blocks))" in str(TextRecognitionModel.from_strhub_checkpoint(path)
+                                                      .generate_model_card())  # fmt: skip

@@ -230,7 +230,7 @@ def read_strhub_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Ten
     return state, hparams
 
 
-def _strhub_architecture(state_dict: dict[str, torch.Tensor], source: str) -> str:
+def strhub_architecture(state_dict: dict[str, torch.Tensor], source: str) -> str:
     """``"parseq"`` or ``"vitstr"`` from the keys."""
     if "pos_queries" in state_dict and "encoder.pos_embed" in state_dict:
         return "parseq"
@@ -242,6 +242,15 @@ def _strhub_architecture(state_dict: dict[str, torch.Tensor], source: str) -> st
         f"'encoder.pos_embed' nor ViTSTR's 'cls_token', 'pos_embed' and 'head.weight' (its keys start: {shown}). "
         f"For a DTRB .pth use scripts/convert_dtrb_checkpoint.py; strhub's ABINet, TRBA and CRNN are not supported."
     )
+
+
+def is_strhub_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether ``path`` reads as a strhub PARSeq / ViTSTR checkpoint (which records its architecture)."""
+    try:
+        strhub_architecture(read_strhub_checkpoint(path)[0], repr(os.fspath(path)))
+    except ValueError:  # CheckpointMismatchError too
+        return False
+    return True
 
 
 def _count_indexed(state_dict: dict[str, torch.Tensor], prefix: str) -> int:
@@ -264,7 +273,7 @@ def strhub_config(
     hyper-parameters, then ``overrides``, each checked against the shapes."""
     from .config import CHARSET_36, CHARSET_94, ModelConfig
 
-    found = _strhub_architecture(state_dict, source)
+    found = strhub_architecture(state_dict, source)
     encoder = "encoder." if found == "parseq" else ""
     pos_embed = state_dict[f"{encoder}pos_embed"]
     patch_weight = state_dict[f"{encoder}patch_embed.proj.weight"]  # [D, C, ph, pw]
@@ -324,8 +333,8 @@ def strhub_config(
     values.update(overrides)
 
     if "character" not in values:
-        raise CheckpointMismatchError(f"The head of {source} predicts {num_symbols} symbols, none of strhub's charsets "
-                                      f"(94, 62, 36): give them in order with --character.")  # fmt: skip
+        raise CheckpointMismatchError(f"The head of {source} predicts {num_symbols} symbols, none of strhub's "
+                                      f"charsets (94, 62, 36): give them in order with --character.")  # fmt: skip
     if len(values["character"]) != num_symbols:
         raise CheckpointMismatchError(
             f"--character has {len(values['character'])} symbols, but the head of {source} predicts {num_symbols} "
@@ -343,6 +352,13 @@ def strhub_config(
         )
     values["sensitive"] = any(symbol.isupper() for symbol in values["character"])
     return ModelConfig(**values)
+
+
+def read_strhub_model(path: str | os.PathLike, **options: Any) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """A strhub checkpoint's ``ModelConfig`` (``strhub_config`` with ``options``) and its state dict in our keys."""
+    state_dict, hparams = read_strhub_checkpoint(path)
+    config = strhub_config(state_dict, hparams, repr(os.fspath(path)), **options)
+    return config, strhub_to_model_state_dict(state_dict, config)
 
 
 def strhub_to_model_state_dict(state_dict: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:

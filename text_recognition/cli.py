@@ -175,6 +175,17 @@ def model_flags_given(args: argparse.Namespace) -> list[str]:
     return flags + (["--rgb"] if args.rgb else [])
 
 
+#: Model flags that a saved model's own value yields to: PARSeq's decoding mode, chosen when loading
+#: (``apply_decoding_flags``).
+DECODING_MODE_FLAGS = ("decode_ar", "refine_iters")
+
+
+def apply_decoding_flags(args: argparse.Namespace, model: Any) -> None:
+    """``--decode_ar`` / ``--refine_iters`` given with a saved model set its decoding mode (PARSeq's; any other head
+    refuses them, naming the flag)."""
+    model.set_decoding(decode_ar=getattr(args, "decode_ar", None), refine_iters=getattr(args, "refine_iters", None))
+
+
 def check_model_flags(
     args: argparse.Namespace, config: ModelConfig, source: str, *, evaluation_flags: Sequence[str] = ()
 ) -> None:
@@ -186,7 +197,7 @@ def check_model_flags(
     Raises:
         ValueError: naming each flag, its value and the model's, and what to do instead.
     """
-    given = {k: v for k, v in model_values(args).items() if k not in evaluation_flags}
+    given = {k: v for k, v in model_values(args).items() if k not in evaluation_flags and k not in DECODING_MODE_FLAGS}
     if args.rgb:
         given["input_channel"] = 3
     if not given:

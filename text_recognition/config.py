@@ -16,6 +16,7 @@ from typing import Any
 
 from . import stages  # noqa: F401  (registers every stage choice before a config names one)
 from .registry import canonical_stage_name
+from .stage_fields import resolve_head_fields, resolve_vit_fields
 
 #: DTRB's default charset: case-insensitive alphanumerics (36 symbols).
 CHARSET_36 = "0123456789abcdefghijklmnopqrstuvwxyz"
@@ -143,8 +144,8 @@ class ModelConfig:
                 f"num_fiducial must be even and at least 4 (TPS puts F/2 points on each of the top and bottom "
                 f"edges), got {self.num_fiducial}."
             )
-        self._resolve_vit()
-        self._resolve_strhub_heads()
+        resolve_vit_fields(self)
+        resolve_head_fields(self)
         if self.feature_extraction != "ViT" and self.img_h < 32:
             raise ValueError(
                 f"img_h must be at least 32: the CNNs downsample the height by 16 and need 2 rows left, got "
@@ -180,88 +181,6 @@ class ModelConfig:
                 f"character has duplicate symbols {''.join(duplicates)!r}: each symbol must appear once, because "
                 f"its position is its class id."
             )
-
-    def _resolve_vit(self) -> None:
-        """Fill in the ViT fields from ``vit_size`` (ViT), or check that none is set (the other extractors)."""
-        names = ("vit_size", "patch_h", "patch_w", "embed_dim", "encoder_depth", "encoder_heads", "encoder_mlp_ratio")
-        if self.feature_extraction != "ViT":
-            given = [f"--{name}" for name in names if getattr(self, name) is not None]
-            if given:
-                raise ValueError(f"{', '.join(given)} set(s) the ViT encoder, but --FeatureExtraction is "
-                                 f"{self.feature_extraction}: use --FeatureExtraction ViT or leave them out.")
-            return
-        from .stages.vit import VIT_SIZES
-
-        if self.vit_size is None:
-            self.vit_size = "small"
-        if self.vit_size not in VIT_SIZES:
-            raise ValueError(f"Unknown --vit_size {self.vit_size!r}. Choose one of: {', '.join(VIT_SIZES)} (or set "
-                             f"--embed_dim --encoder_depth --encoder_heads freely).")  # fmt: skip
-        embed_dim, depth, heads = VIT_SIZES[self.vit_size]
-        defaults = {"patch_h": 4, "patch_w": 8, "embed_dim": embed_dim, "encoder_depth": depth,
-                    "encoder_heads": heads, "encoder_mlp_ratio": 4.0}  # fmt: skip
-        for name, value in defaults.items():
-            if getattr(self, name) is None:
-                setattr(self, name, value)
-        _check_positive(self, ("patch_h", "patch_w", "embed_dim", "encoder_depth", "encoder_heads"))
-        self.encoder_mlp_ratio = _positive_float(self.encoder_mlp_ratio, "encoder_mlp_ratio")
-        if self.embed_dim % self.encoder_heads:
-            raise ValueError(f"--embed_dim ({self.embed_dim}) must be a multiple of --encoder_heads "
-                             f"({self.encoder_heads}): each head takes an equal share of the width.")  # fmt: skip
-        if self.img_h % self.patch_h or self.img_w % self.patch_w:
-            raise ValueError(f"The ViT cuts the image into {self.patch_h}x{self.patch_w} patches: --imgH "
-                             f"({self.img_h}) must be a multiple of --patch_h and --imgW ({self.img_w}) of --patch_w "
-                             f"(strhub's models read 32x128: --imgH 32 --imgW 128).")  # fmt: skip
-
-    def _resolve_strhub_heads(self) -> None:
-        """Fill in the PARSeq fields (PARSeq), or check that none is set (the other heads)."""
-        names = ("decoder_depth", "decoder_heads", "decoder_mlp_ratio", "dropout", "perm_num", "perm_forward",
-                 "perm_mirrored", "decode_ar", "refine_iters")  # fmt: skip
-        if self.prediction != "PARSeq":
-            given = [f"--{name}" for name in names if getattr(self, name) is not None]
-            if given:
-                modes = " (ViTSTR reads every position at once: it has no decoding mode)" if (
-                    self.prediction == "ViTSTR" and ("--decode_ar" in given or "--refine_iters" in given)) else ""
-                raise ValueError(f"{', '.join(given)} set(s) the PARSeq decoder, but --Prediction is "
-                                 f"{self.prediction}{modes}: use --Prediction PARSeq or leave them out.")
-            if self.prediction == "ViTSTR":
-                if self.feature_extraction != "ViT":
-                    raise ValueError(f"--Prediction ViTSTR classifies the first tokens of a ViT with a class token: it "
-                                     f"needs --FeatureExtraction ViT, got {self.feature_extraction}.")  # fmt: skip
-                tokens = (self.img_h // self.patch_h) * (self.img_w // self.patch_w)
-                if tokens < self.batch_max_length + 1:
-                    raise ValueError(f"--Prediction ViTSTR reads batch_max_length + 1 = {self.batch_max_length + 1} "
-                                     f"patch tokens, but a {self.img_h}x{self.img_w} image in {self.patch_h}x"
-                                     f"{self.patch_w} patches has {tokens}: use a larger image or smaller patches, or "
-                                     f"lower --batch_max_length.")  # fmt: skip
-            return
-        defaults = {"decoder_depth": 1, "decoder_mlp_ratio": 4.0, "dropout": 0.1, "perm_num": 6, "perm_forward": True,
-                    "perm_mirrored": True, "decode_ar": True, "refine_iters": 1}  # fmt: skip
-        for name, value in defaults.items():
-            if getattr(self, name) is None:
-                setattr(self, name, value)
-        width = self.prediction_in_features
-        if self.decoder_heads is None:
-            if width % 32:
-                raise ValueError(f"The PARSeq decoder's width is that of its input, {width}, which is no multiple "
-                                 f"of 32: give --decoder_heads (a divisor of {width}).")  # fmt: skip
-            self.decoder_heads = width // 32
-        _check_positive(self, ("decoder_depth", "decoder_heads", "perm_num"))
-        if width % self.decoder_heads:
-            raise ValueError(f"--decoder_heads ({self.decoder_heads}) must divide the PARSeq decoder's width, that of "
-                             f"its input ({width}).")  # fmt: skip
-        self.decoder_mlp_ratio = _positive_float(self.decoder_mlp_ratio, "decoder_mlp_ratio")
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
-            raise ValueError(f"--dropout must be in [0, 1), got {self.dropout!r}.")
-        self.dropout = float(self.dropout)
-        for name in ("perm_forward", "perm_mirrored", "decode_ar"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"--{name} must be true or false, got {getattr(self, name)!r}.")
-        if isinstance(self.refine_iters, bool) or not isinstance(self.refine_iters, int) or self.refine_iters < 0:
-            raise ValueError(f"--refine_iters must be 0 or more, got {self.refine_iters!r}.")
-        if self.perm_mirrored and self.perm_num % 2:
-            raise ValueError(f"--perm_num ({self.perm_num}) must be even with --perm_mirrored (each order is paired "
-                             f"with its reverse).")  # fmt: skip
 
     @property
     def prediction_in_features(self) -> int:
@@ -307,19 +226,6 @@ class ModelConfig:
                 f"(e.g. 'TPS-ResNet-BiLSTM-Attn'), got {stage_string!r}."
             )
         return cls(*parts, **kwargs)
-
-
-def _check_positive(config: ModelConfig, names: Sequence[str]) -> None:
-    for name in names:
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ValueError(f"--{name} must be a positive integer, got {value!r}.")
-
-
-def _positive_float(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
-        raise ValueError(f"--{name} must be a positive number, got {value!r}.")
-    return float(value)
 
 
 def parse_select_data(select_data: str | Sequence[str]) -> list[str]:

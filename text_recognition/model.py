@@ -18,10 +18,11 @@ from torch import nn
 from .config import ModelConfig
 from .decoding import Decoder, DecodingOptions, Recognition
 from .fastpath import CHANNELS_LAST_BY_DEFAULT, compile_encoder, inference_settings, set_channels_last
-from .checkpoints import check_state_dict, read_dtrb_state_dict, verify_tps_buffers
+from .checkpoints import (check_state_dict, is_strhub_checkpoint, read_dtrb_state_dict, read_strhub_model,
+                          verify_tps_buffers)  # fmt: skip
 from .hub import build_card, is_repo_id, load_model_card_template
 from .registry import build_stage
-from .tokenizer import BLANK_ID, EOS_ID, STRHUB_EOS_ID, build_tokenizer
+from .tokenizer import build_tokenizer
 from .transforms import ImageInput, preprocess
 
 SAFETENSORS_NAME = "model.safetensors"
@@ -197,17 +198,7 @@ class TextRecognitionModel(
         new_tokenizer = build_tokenizer(new_config)
         old_ids = {token: i for i, token in enumerate(self.tokenizer.tokens)}
         sources = [old_ids.get(token) for token in new_tokenizer.tokens]  # None: a new symbol
-        if self.config.prediction in ("PARSeq", "ViTSTR"):
-            self._resize_strhub_head(sources)
-        else:
-            reference = BLANK_ID if self.config.prediction == "CTC" else EOS_ID
-            head = self.Prediction if self.config.prediction == "CTC" else self.Prediction.generator
-            _resize_rows(head, sources, reference)
-        if self.config.prediction == "Attn":
-            old_symbols = [i for i in range(len(self.tokenizer.special_tokens), len(self.tokenizer.tokens))]
-            _resize_onehot_columns(self.Prediction.attention_cell.rnn, self.Prediction.num_classes, sources,
-                                   old_symbols)  # fmt: skip
-            self.Prediction.num_classes = len(sources)
+        self.Prediction.resize_classes(sources, NEW_SYMBOL_MARGIN)  # each head resizes its own rows
         change = CharsetChange(
             kept="".join(c for c in new_config.character if c in self.config.character),
             added="".join(c for c in new_config.character if c not in self.config.character),
@@ -216,24 +207,6 @@ class TextRecognitionModel(
         self.config = self._hub_mixin_config = new_config  # config.json is written from the mixin's copy
         self.tokenizer = new_tokenizer
         return change
-
-    def _resize_strhub_head(self, sources: list[int | None]) -> None:
-        """PARSeq / ViTSTR: the head's rows (a new symbol starts as ``[E]``'s row with a lower bias) and, for PARSeq,
-        the token embedding's rows (a new symbol starts at the mean of the old symbols'; ``[B]`` and ``[P]`` move to
-        the end)."""
-        head = self.Prediction
-        _resize_rows(head.head, sources, STRHUB_EOS_ID)
-        if self.config.prediction == "PARSeq":
-            embedding = head.text_embed.embedding
-            old_count = len(self.tokenizer.tokens)  # [E] and the symbols; [B], [P] follow
-            weight = embedding.weight
-            mean = weight[1:old_count].mean(dim=0, keepdim=True)
-            rows = [mean if k is None else weight[k : k + 1] for k in sources] + [weight[old_count : old_count + 2]]
-            embedding.weight = nn.Parameter(torch.cat(rows).clone(), requires_grad=weight.requires_grad)
-            embedding.num_embeddings = len(sources) + 2
-            head.bos_id = len(sources)
-        head.num_classes = len(sources)
-        head.pad_id = len(sources) + 1
 
     @torch.inference_mode()
     def recognize(
@@ -416,10 +389,9 @@ class TextRecognitionModel(
         """Load a strhub (baudm/parseq) checkpoint: a released ``.pt`` or a Lightning ``.ckpt`` of ``parseq``,
         ``parseq-tiny`` or ``vitstr``, with or without Lightning's ``model.`` prefix.
 
-        The architecture and sizes are read from the keys and shapes (the charset from the head's size: 94 symbols
-        are strhub's ``94_full``, 36 and 62 its smaller sets; the image 32x128). The model reads images as strhub's
-        test transform makes them (RGB, 32x128 bicubic, [-1, 1]: ``preprocess`` with this config), and
-        ``model(pixel_values)`` returns strhub's logits for the decoding mode.
+        Architecture and sizes come from the keys and shapes (the charset from the head's size: 94 symbols are
+        strhub's ``94_full``; 36, 62 its smaller sets). ``model(pixel_values)`` gives strhub's logits in the decoding
+        mode for images as strhub's test transform makes them (RGB, 32x128 bicubic, [-1, 1]: ``preprocess``).
 
         Args:
             path: the checkpoint, read with ``torch.load(weights_only=True)``.
@@ -432,14 +404,10 @@ class TextRecognitionModel(
         Raises:
             CheckpointMismatchError: a key or shape that does not fit, naming the flag to fix.
         """
-        from .checkpoints import read_strhub_checkpoint, strhub_config, strhub_to_model_state_dict
-
-        source = repr(os.fspath(path))
-        state_dict, hparams = read_strhub_checkpoint(path)
-        config = strhub_config(state_dict, hparams, source, architecture=architecture, decode_ar=decode_ar,
-                               refine_iters=refine_iters, **overrides)  # fmt: skip
+        config, state_dict = read_strhub_model(path, architecture=architecture, decode_ar=decode_ar,
+                                               refine_iters=refine_iters, **overrides)  # fmt: skip
         model = cls(config)
-        mapped = check_state_dict(model, strhub_to_model_state_dict(state_dict, config), model.config, source)
+        mapped = check_state_dict(model, state_dict, model.config, repr(os.fspath(path)))
         model.load_state_dict(mapped, strict=True)
         model.to(map_location)
         model.eval()
@@ -447,29 +415,6 @@ class TextRecognitionModel(
 
     def __repr__(self) -> str:
         return f"TextRecognitionModel({self.config.stage_string}, {self.num_parameters:,} parameters)"
-
-
-def _resize_rows(linear: nn.Linear, sources: list[int | None], reference: int) -> None:
-    """Rows of ``linear`` taken from ``sources`` (old row ids); ``None`` rows copy ``reference`` with a lower bias."""
-    index = torch.tensor([reference if k is None else k for k in sources], device=linear.weight.device)
-    weight, bias = linear.weight[index].clone(), linear.bias[index].clone()
-    added = torch.tensor([k is None for k in sources], device=bias.device)
-    bias[added] -= NEW_SYMBOL_MARGIN
-    linear.weight = nn.Parameter(weight, requires_grad=linear.weight.requires_grad)
-    linear.bias = nn.Parameter(bias, requires_grad=linear.bias.requires_grad)
-    linear.out_features = len(sources)
-
-
-def _resize_onehot_columns(cell: nn.LSTMCell, num_classes: int, sources: list[int | None], old_symbols: list[int]):
-    """The LSTM cell's input columns for the one-hot characters (the last ``num_classes`` of ``weight_ih``)."""
-    context = cell.input_size - num_classes
-    weight = cell.weight_ih
-    onehot = weight[:, context:]
-    mean = onehot[:, old_symbols].mean(dim=1, keepdim=True)
-    columns = [mean if k is None else onehot[:, k : k + 1] for k in sources]
-    resized = torch.cat([weight[:, :context], *columns], dim=1).clone()
-    cell.weight_ih = nn.Parameter(resized, requires_grad=weight.requires_grad)
-    cell.input_size = context + len(sources)
 
 
 def expected_sequence_length(config: ModelConfig) -> int:
@@ -504,7 +449,8 @@ def load_model(
     """Load ``--saved_model`` as every script accepts it: a model folder, a Hub repo id, or a DTRB ``.pth``.
 
     Args:
-        saved_model: a folder written by ``save_pretrained``, a Hub id (``"user/repo"``), or a DTRB checkpoint.
+        saved_model: a folder written by ``save_pretrained``, a Hub id (``"user/repo"``), a DTRB checkpoint, or a
+            strhub PARSeq / ViTSTR checkpoint (read with ``from_strhub_checkpoint``'s defaults when no ``config``).
         config: the architecture of a DTRB ``.pth`` (which does not record it); ignored for folders and Hub ids.
 
     Raises:
@@ -519,6 +465,8 @@ def load_model(
         raise ValueError(f"{str(path)!r} is a bare safetensors file: a model is a folder with its config.json beside "
                          f"model.safetensors (as save_pretrained writes); give that folder.")  # fmt: skip
     if path.is_file():
+        if config is None and is_strhub_checkpoint(path):
+            return TextRecognitionModel.from_strhub_checkpoint(path, map_location=map_location)
         if config is None:
             raise ValueError(
                 f"{str(path)!r} is a file, read as a DTRB checkpoint, which does not record its architecture: "

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..registry import register_stage
 from ..tokenizer import STRHUB_EOS_ID
+from .prediction import resize_rows
 
 # For 4 characters and mirrored permutations: the lexicographic permutations (of 24) forming a half that holds no
 # permutation together with its reverse, so that mirroring the sample never repeats one (strhub's selector).
@@ -228,6 +229,21 @@ class PARSeq(nn.Module):
                 logits = self.head(self.decode(context, memory, cloze[:length, :length], padding, pos_queries,
                                                cloze[:, :length]))  # fmt: skip
         return logits
+
+    @torch.no_grad()
+    def resize_classes(self, sources: list[int | None], margin: float) -> None:
+        """New classes ``[E]`` + symbols, row i taken from old class ``sources[i]`` (``None``: a new symbol). A new
+        symbol's head row is ``[E]``'s with its bias lowered by ``margin`` (never the argmax), its embedding the mean
+        of the old symbols'; ``[B]`` and ``[P]`` keep their rows, at the new end of the table."""
+        old_count = self.num_classes
+        resize_rows(self.head, sources, STRHUB_EOS_ID, margin)
+        embedding = self.text_embed.embedding
+        weight = embedding.weight
+        mean = weight[1:old_count].mean(dim=0, keepdim=True)
+        rows = [mean if k is None else weight[k : k + 1] for k in sources] + [weight[old_count : old_count + 2]]
+        embedding.weight = nn.Parameter(torch.cat(rows).clone(), requires_grad=weight.requires_grad)
+        embedding.num_embeddings = len(sources) + 2
+        self.num_classes, self.bos_id, self.pad_id = len(sources), len(sources), len(sources) + 1
 
     # ---- training: permutation language modelling ------------------------------------------------------------
 

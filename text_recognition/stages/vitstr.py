@@ -16,6 +16,7 @@ from torch import nn
 
 from ..registry import register_stage
 from ..tokenizer import STRHUB_EOS_ID
+from .prediction import resize_rows
 
 
 @register_stage("prediction", "ViTSTR")
@@ -52,6 +53,13 @@ class ViTSTR(nn.Module):
                              f"{features.size(1) - 1}: use a larger image or a smaller patch, or lower "
                              f"--batch_max_length.")  # fmt: skip
         return self.head(features[:, 1 : num_slots + 1])
+
+    @torch.no_grad()
+    def resize_classes(self, sources: list[int | None], margin: float) -> None:
+        """New classes ``[E]`` + symbols, row i from old class ``sources[i]``; a new symbol (``None``) starts as
+        ``[E]``'s row with its bias lowered by ``margin`` (never the argmax)."""
+        resize_rows(self.head, sources, STRHUB_EOS_ID, margin)
+        self.num_classes, self.pad_id = len(sources), len(sources) + 1
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor, lengths: torch.Tensor | None = None
              ) -> torch.Tensor:  # fmt: skip
