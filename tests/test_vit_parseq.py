@@ -246,3 +246,28 @@ def test_init_weights_are_strhubs_for_the_transformer_stages():
     ctc = tiny_model("None-ViT-BiLSTM-CTC")  # DTRB's stages keep DTRB's rules
     assert ctc.Prediction.bias.eq(0).all()
     assert ctc.SequenceModeling[0].rnn.weight_ih_l0.std().item() == pytest.approx((2 / 32) ** 0.5, rel=0.1)
+
+
+def test_evaluation_and_calibration_follow_strhubs_confidence(tmp_path):
+    """scripts/test.py's evaluate() scores a PARSeq model with the confidences recognize gives (strhub's product up
+    to and including [E]), and calibration fits its temperature on the same rows."""
+    from conftest import make_lmdb
+
+    from text_recognition.calibration import confidences_at, path_logits
+    from text_recognition.evaluation import evaluate
+
+    model = tiny_model("None-ViT-None-PARSeq").eval()
+    labels = ["ab", "c1d", "zz", "hello", "x9"]
+    images = make_lmdb(tmp_path / "eval" / "words", labels)
+    report = evaluate(model, tmp_path / "eval", batch_size=3, timing_samples=0)
+    (result,) = report.results
+    assert result.num_samples == len(labels)
+    expected = model.recognize(images, batch_size=3)
+    assert [r.prediction for r in result.records] == [r.text for r in expected]
+    assert [r.confidence for r in result.records] == pytest.approx([r.confidence for r in expected], rel=1e-5)
+    with torch.no_grad():
+        logits = model(batch(3))
+    rows = path_logits(logits, is_ctc=False, strhub=True)
+    confidences = [c for _, c in model.tokenizer.decode_with_confidence(logits)]
+    assert confidences_at(rows, 1.0).tolist() == pytest.approx(confidences, rel=1e-5)
+    assert "temperature" in result.calibration
