@@ -22,8 +22,9 @@ TINY_VITSTR = ["--Transformation", "None", "--FeatureExtraction", "ViT", "--Sequ
 
 @pytest.mark.slow
 def test_parseq_trains_resumes_exactly_and_loads(data, tmp_path):  # noqa: F811
-    common = [*TINY_PARSEQ, "--num_iter", "6", "--valInterval", "3", "--checkpointing_steps", "3", "--optimizer",
-              "adamw", "--lr", "1e-3", "--scheduler", "cosine", "--ema_decay", "0.9", "--decode_ar", "false"]  # fmt: skip
+    common = [*TINY_PARSEQ, "--num_iter", "6", "--valInterval", "3", "--checkpointing_steps", "3",
+              "--optimizer", "adamw", "--lr", "1e-3", "--scheduler", "cosine", "--ema_decay", "0.9",
+              "--decode_ar", "false"]  # fmt: skip
     straight = launch(base_args(data, tmp_path / "a", *common), tmp_path)
     assert straight.returncode == 0, straight.stdout + straight.stderr
     run = tmp_path / "a" / "run"
