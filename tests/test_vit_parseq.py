@@ -271,3 +271,22 @@ def test_evaluation_and_calibration_follow_strhubs_confidence(tmp_path):
     confidences = [c for _, c in model.tokenizer.decode_with_confidence(logits)]
     assert confidences_at(rows, 1.0).tolist() == pytest.approx(confidences, rel=1e-5)
     assert "temperature" in result.calibration
+
+
+def test_strhub_tokenizer_ids_and_confidence():
+    from text_recognition import StrhubTokenizer
+
+    tokenizer = StrhubTokenizer("0123456789abcdefghijklmnopqrstuvwxyz")
+    ids, lengths = tokenizer.encode(["ab", ""], batch_max_length=4)
+    assert ids.tolist() == [[37, 11, 12, 0, 38, 38], [37, 0, 38, 38, 38, 38]]  # [B] a b [E] [P] / [B] [E] [P]
+    assert lengths.tolist() == [3, 1] and tokenizer.num_class == 37
+    with pytest.raises(ValueError, match="more than batch_max_length=4"):
+        tokenizer.encode(["abcde"], batch_max_length=4)
+    logits = torch.full((2, 3, 37), -10.0)
+    logits[0, 0, 11], logits[0, 1, 0], logits[0, 2, 12] = 2.0, 1.0, 5.0  # 'a', [E], then ignored
+    logits[1, :, 13] = 3.0  # 'ccc', no [E]: every step counts
+    (text0, conf0), (text1, conf1) = tokenizer.decode_with_confidence(logits)
+    probs = logits.softmax(-1).max(-1).values
+    assert (text0, text1) == ("a", "ccc")
+    assert conf0 == pytest.approx(float(probs[0, :2].prod()))  # P([E]) included, as strhub
+    assert conf1 == pytest.approx(float(probs[1].prod()))

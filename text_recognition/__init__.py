@@ -3,7 +3,7 @@
 from .config import CHARSET_36, CHARSET_94, ModelConfig
 from .model import Recognition, TextRecognitionModel, init_dtrb_weights
 from .registry import list_stages
-from .tokenizer import AttnTokenizer, CTCTokenizer, build_tokenizer
+from .tokenizer import AttnTokenizer, CTCTokenizer, StrhubTokenizer, build_tokenizer
 
 __version__ = "0.1.0"
 
@@ -14,6 +14,7 @@ __all__ = [
     "CTCTokenizer",
     "ModelConfig",
     "Recognition",
+    "StrhubTokenizer",
     "TextRecognitionModel",
     "build_tokenizer",
     "init_dtrb_weights",
