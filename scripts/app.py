@@ -5,7 +5,8 @@ the model reads, how sure it is and what it saw, with the decoding options and t
     python scripts/app.py --saved_model demo_output/runs/crnn-synth/best_accuracy
     python scripts/app.py --saved_model user/repo --port 7861
 
---saved_model is a model folder or a Hub id. The page is served on 127.0.0.1 (this machine only) unless --host says
+--saved_model is a model folder, a Hub id, or an exported .onnx (fp32 or int8, with its sidecar; read by
+onnxruntime, as scripts/test.py scores it). The page is served on 127.0.0.1 (this machine only) unless --host says
 otherwise, on Gradio's port (GRADIO_SERVER_PORT, else 7860) unless --port says otherwise; no public share link
 unless --share. Needs the app extra: pip install "text_recognition[app]".
 """
@@ -25,7 +26,7 @@ from text_recognition.cli import run
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--saved_model", required=True, help="model folder or Hub id")
+    parser.add_argument("--saved_model", required=True, help="model folder, Hub id, or exported .onnx")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to serve on (default 127.0.0.1: this machine only; 0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, help="port (default: Gradio's, GRADIO_SERVER_PORT or 7860)")

@@ -86,12 +86,15 @@ def test_the_facts_show_the_cards_evaluated_accuracy_with_its_protocol(saved):
 
 @pytest.mark.parametrize(("saved_model", "error", "match"), [
     ("no/such/folder", FileNotFoundError, "does not exist: give a model folder"),
-    ("model.onnx", ValueError, "ONNX model, which the app does not read yet"),
+    ("missing.onnx", FileNotFoundError, "No ONNX file at 'missing.onnx'"),
+    ("model.onnx", ValueError, "has no sidecar 'model.onnx.json' beside it"),
     ("weights.pth", ValueError, "convert_dtrb_checkpoint"),
 ])  # fmt: skip
 def test_load_app_model_errors(tmp_path, monkeypatch, saved_model, error, match):
+    pytest.importorskip("onnxruntime")
     monkeypatch.chdir(tmp_path)
     (tmp_path / "weights.pth").write_bytes(b"not a checkpoint")
+    (tmp_path / "model.onnx").write_bytes(b"not a graph")
     with pytest.raises(error, match=match):
         load_app_model(saved_model)
 
@@ -104,7 +107,7 @@ def test_the_script_does_not_start_on_a_model_that_does_not_load(tmp_path, capsy
     spec.loader.exec_module(script)
     for argv, message in [
         (["--saved_model", str(tmp_path / "run")], "is a training run's folder, not a model folder: give"),
-        (["--saved_model", str(tmp_path / "model.onnx")], "the app does not read yet"),
+        (["--saved_model", str(tmp_path / "model.onnx")], "No ONNX file at"),
         (["--saved_model", str(tmp_path / "run" / "best_accuracy"), "--port", "0"], "--port must be within 1-65535"),
     ]:
         assert run(script.main, argv) == 1
@@ -292,3 +295,25 @@ def test_the_space_folder_and_the_card_link(tmp_path, saved):
     again = card_with_space(linked, "acme/demo2")
     assert "/spaces/acme/demo2" in again and "/spaces/acme/demo)" not in again
     assert again.replace("acme/demo2", "acme/demo") == linked
+
+
+def test_an_exported_file_is_read_as_scripts_read_it(saved, tmp_path):
+    """An .onnx (with its sidecar) is a model for the app too: the readings are onnxruntime's, the page says so,
+    and a precision other than the file's own is an error on the page."""
+    pytest.importorskip("onnxruntime")
+    from text_recognition.export import export_onnx
+    from text_recognition.onnx_model import OnnxModel
+
+    folder, paths = saved
+    path = export_onnx(TextRecognitionModel.from_pretrained(folder), tmp_path / "model.onnx")
+    app_model = load_app_model(path)
+    assert isinstance(app_model.model, OnnxModel) and app_model.precisions == ("fp32",)
+    assert app_model.backend == "onnxruntime fp32" and dict(app_model.facts)["Run by"] == "onnxruntime fp32"
+    readings = read_images(app_model, [(p.name, str(p)) for p in paths], precision="fp32")
+    expected = app_model.model.recognize([str(p) for p in paths])
+    assert [(r.text, r.confidence) for r in readings] == [(e.text, e.confidence) for e in expected]
+    assert all(r.steps is not None and r.seen is not None for r in readings)
+    _, status, _ = read_page(app_model, [(paths[0].name, str(paths[0]))], *NO_OPTIONS[:-1], "fp32")
+    assert "(onnxruntime fp32, fp32)" in status
+    with pytest.raises(AppError, match="runs at the precision it was exported in"):
+        read_images(app_model, [(paths[0].name, str(paths[0]))], precision="bf16")

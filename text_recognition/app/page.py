@@ -14,7 +14,7 @@ from typing import Any
 
 from PIL import Image
 
-from ..fastpath import PRECISIONS, check_precision
+from ..fastpath import check_precision
 from .pictures import box_picture
 from .reading import (
     CROP_EXAMPLE,
@@ -115,7 +115,8 @@ def read_page(app_model: AppModel, images: list[tuple[str, Any]], beam_width, al
         readings = read_images(app_model, images, options, precision)
     except AppError as error:
         return "", f"**Error:** {error}", []
-    status = status_markdown(readings, app_model.backend, check_precision(precision))
+    shown = check_precision(precision) if len(app_model.precisions) > 1 else app_model.precisions[0]
+    status = status_markdown(readings, app_model.backend, shown)
     return readings_html(readings), status, [r.to_json() for r in readings]
 
 
@@ -153,7 +154,9 @@ def build_page(app_model: AppModel):
                         beam_width = gr.Slider(1, 20, value=1, step=1, label="Beam width (1: greedy)")
                         min_confidence = gr.Slider(0, 1, value=0, step=0.01,
                                                    label="Minimum confidence (below it: abstain; 0: never)")
-                        precision = gr.Radio(list(PRECISIONS), value="fp32", label="Precision (autocast)")
+                        precision = gr.Radio(list(app_model.precisions), value=app_model.precisions[0],
+                                             label="Precision (autocast)" if len(app_model.precisions) > 1
+                                             else "Precision (the exported file's own)")  # fmt: skip
                     with gr.Row():
                         allowlist = gr.Textbox(label="Allowlist: the only symbols the text may hold", max_lines=1)
                         blocklist = gr.Textbox(label="Blocklist: symbols the text may not hold", max_lines=1)

@@ -10,6 +10,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from ..fastpath import inference_settings
+from ..onnx_model import OnnxModel
 from ..tokenizer import BLANK_ID, EOS_ID
 from ..transforms import align_image, keep_ratio_width
 
@@ -63,16 +64,20 @@ def head_steps(model: TextRecognitionModel, image: Image.Image, text: str, preci
     Probabilities are the model's (softmax of the logits over its ``temperature``), as its confidences."""
     config = model.config
     pixel_values = align_image(image, config.img_h, config.img_w, config.pad, config.input_channel)[None]
-    pixel_values = pixel_values.to(next(model.parameters()).device)
+    pixel_values = pixel_values.to(model.device)
     tokens = model.tokenizer.tokens
-    with inference_settings(model, precision):
-        features = model.encode(pixel_values)
-        if config.prediction == "CTC":
-            logits = model.Prediction(features)
-        else:
-            # batch_max_length + 1: a reading that never ended ([s]) holds that many symbols
-            ids, _ = model.tokenizer.encode([text], config.batch_max_length + 1)
-            logits = model.Prediction(features, ids.to(features.device))
+    if isinstance(model, OnnxModel):
+        # an exported graph: its greedy logits, which are the reading's (an attention export decodes greedily only)
+        logits = model.logits(pixel_values)
+    else:
+        with inference_settings(model, precision):
+            features = model.encode(pixel_values)
+            if config.prediction == "CTC":
+                logits = model.Prediction(features)
+            else:
+                # batch_max_length + 1: a reading that never ended ([s]) holds that many symbols
+                ids, _ = model.tokenizer.encode([text], config.batch_max_length + 1)
+                logits = model.Prediction(features, ids.to(features.device))
     probs = (logits.float() / config.temperature).softmax(-1)[0]  # [T, num_class]
     best_prob, best = probs.max(-1)
     if config.prediction == "CTC":

@@ -14,9 +14,10 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from ..decoding import DecodingOptions
-from ..fastpath import check_precision
+from ..fastpath import PRECISIONS, check_precision
 from ..hub import charset_description, is_repo_id
 from ..model import TextRecognitionModel, load_model
+from ..onnx_model import check_onnx_speed_options
 from ..transforms import ImageInput, load_image
 from .pictures import seen_picture, steps_picture
 
@@ -41,7 +42,12 @@ class AppModel:
     @property
     def backend(self) -> str:
         """What computes the readings, named with each of them (so what is shown is what was run)."""
-        return "PyTorch" if isinstance(self.model, TextRecognitionModel) else type(self.model).__name__
+        return "PyTorch" if isinstance(self.model, TextRecognitionModel) else self.model.description
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        """The precisions the page offers: autocast's for a PyTorch model, an exported file's own for an export."""
+        return PRECISIONS if isinstance(self.model, TextRecognitionModel) else (self.model.precision,)
 
 
 @dataclass
@@ -66,17 +72,18 @@ class Reading:
 
 
 def load_app_model(saved_model: str | os.PathLike, map_location: str = "cpu") -> AppModel:
-    """The one place where the app turns ``--saved_model`` into a model: a model folder or a Hub id.
+    """The one place where the app turns ``--saved_model`` into a model: a model folder, a Hub id, or an exported
+    ``.onnx`` (fp32 or int8, with its sidecar; run by onnxruntime, as ``scripts/test.py`` scores it).
 
     Raises:
-        FileNotFoundError, ValueError: nothing loadable there, with the reason (``load_model``'s); an ``.onnx``
-            file (not read by the app yet) or another file (a DTRB ``.pth`` must be converted first).
+        FileNotFoundError, ValueError: nothing loadable there, with the reason (``load_model``'s), or another file
+            (a DTRB ``.pth`` must be converted first).
     """
     name = os.fspath(saved_model)
     path = Path(name)
     if path.suffix.lower() == ".onnx":
-        raise ValueError(f"{name!r} is an exported ONNX model, which the app does not read yet: give the model folder "
-                         f"or Hub id it was exported from.")  # fmt: skip
+        model = load_model(name)
+        return AppModel(model, name, model_facts(model, name, None))
     if path.is_file():
         raise ValueError(f"{name!r} is a file: the app reads a model folder (config.json + model.safetensors) or a "
                          f"Hub id. Convert a DTRB .pth with scripts/convert_dtrb_checkpoint.py first.")  # fmt: skip
@@ -126,7 +133,11 @@ def model_facts(model: TextRecognitionModel, source: str, card: Any | None = Non
         facts.append(("Evaluated", f"{shown} {result.metric_type} on {result.dataset_name} "
                                    f"({result.dataset_split or 'unknown'} split, protocol "
                                    f"{result.metric_config or 'dtrb'})"))  # fmt: skip
-    if card is None:
+    if not isinstance(model, TextRecognitionModel):
+        facts.insert(2, ("Run by", model.description))
+        facts.append(("Evaluated", "an exported file has no card: score it with scripts/test.py --saved_model "
+                                   f"{source}"))  # fmt: skip
+    elif card is None:
         facts.append(("Evaluated", "no model card"))
     elif not results:
         facts.append(("Evaluated", "no evaluation results in the model card"))
@@ -219,7 +230,10 @@ def read_images(
         raise AppError("No image to read: upload word images, pick an example, or crop a photo.")
     options = options or DecodingOptions()
     try:
-        precision = check_precision(precision)
+        if isinstance(app_model.model, TextRecognitionModel):
+            precision = check_precision(precision)
+        else:  # an export runs at its own precision
+            check_onnx_speed_options(app_model.model, precision, False)
         app_model.model.decoder(options)  # impossible constraints fail here, before any image is read
     except ValueError as error:
         raise AppError(str(error)) from None
@@ -240,8 +254,7 @@ def read_images(
         for (reading, image), result in zip(opened, results, strict=True):
             reading.text, reading.confidence, reading.abstained = result.text, result.confidence, result.abstained
             reading.seen, reading.seen_caption = seen_picture(image, model.config)
-            if isinstance(model, TextRecognitionModel):  # the head's steps need the PyTorch stages
-                reading.steps = steps_picture(model, image, result.text, precision)
+            reading.steps = steps_picture(model, image, result.text, precision)
     return readings
 
 
