@@ -27,7 +27,13 @@ from pathlib import Path
 
 import torch
 
-from text_recognition.cli import add_model_arguments, check_model_flags, model_config_from_args, run
+from text_recognition.cli import (
+    add_model_arguments,
+    apply_decoding_flags,
+    check_model_flags,
+    model_config_from_args,
+    run,
+)
 from text_recognition.data.loaders import build_eval_data
 from text_recognition.evaluation import calibrate, write_temperature
 from text_recognition.metrics import PROTOCOLS, Protocol
@@ -58,6 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = load_model(args.saved_model, model_config_from_args(args, require_stages=False))
     if not is_dtrb_checkpoint(args.saved_model):
         check_model_flags(args, model.config, repr(args.saved_model), evaluation_flags=("sensitive",))
+    apply_decoding_flags(args, model)
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     protocol = Protocol(args.protocol, args.sensitive, args.data_filtering_off)
     rules = dataclasses.replace(model.config, sensitive=protocol.sensitive)  # DTRB's data rules for the flags

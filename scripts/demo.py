@@ -23,6 +23,7 @@ from text_recognition.cli import (
     add_decoding_arguments,
     add_model_arguments,
     add_speed_arguments,
+    apply_decoding_flags,
     check_model_flags,
     decoding_options_from_args,
     model_config_from_args,
@@ -54,6 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = load_model(args.saved_model, config).to("cuda" if torch.cuda.is_available() else "cpu")
     if config is None or not is_dtrb_checkpoint(args.saved_model):  # a folder, Hub id or .onnx: flags must agree
         check_model_flags(args, model.config, repr(args.saved_model))
+    apply_decoding_flags(args, model)
     if args.output and not args.output.endswith((".tsv", ".json")):
         raise ValueError(f"--output must end with .tsv or .json, got {args.output!r}.")
     decoding = decoding_options_from_args(args)

@@ -33,6 +33,7 @@ from text_recognition.cli import (
     add_decoding_arguments,
     add_model_arguments,
     add_speed_arguments,
+    apply_decoding_flags,
     check_model_flags,
     decoding_options_from_args,
     model_config_from_args,
@@ -90,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = load_model(args.saved_model, model_config_from_args(args, require_stages=False))
     if not is_dtrb_checkpoint(args.saved_model):  # a folder, Hub id or .onnx records its config: flags must agree
         check_model_flags(args, model.config, repr(args.saved_model), evaluation_flags=("sensitive",))
+    apply_decoding_flags(args, model)
     if protocol.name == "dtrb" and model.config.sensitive and not args.sensitive:
         print(f"note: {args.saved_model} is case-sensitive but --sensitive was not given: as DTRB's test.py, the "
               f"ground truths are lowercased. Pass --sensitive (with --data_filtering_off for DTRB's case-insensitive "

@@ -2,7 +2,8 @@
 
 The server runs on ``127.0.0.1`` (random free port) in a daemon thread and implements the handful of endpoints that
 ``huggingface_hub`` 2.4 calls for ``create_repo``, ``upload_folder`` / ``PyTorchModelHubMixin.push_to_hub`` and
-``hf_hub_download`` / ``snapshot_download`` of *model* repos. Every uploaded file is answered ``"regular"`` by the
+``hf_hub_download`` / ``snapshot_download`` of *model* repos, and of *Space* repos, which ``hub.repos`` keys as
+``"spaces/org/name"``. Every uploaded file is answered ``"regular"`` by the
 preupload endpoint, so the client inlines the content base64 in the commit NDJSON: no LFS batch, Xet token or CAS
 call is ever made, even with ``hf_xet`` installed.
 
@@ -18,7 +19,7 @@ Example::
         subprocess.run([sys.executable, "-c", client_code], env=env, check=True)
         assert hub.repos["acme/tiny"]["config.json"] == b"..."
 
-Endpoints (model repos only; ``{repo}`` is ``org/name``, ``{rev}`` a branch name or a 40-hex commit oid):
+Endpoints (``{repo}`` is ``org/name``, ``{rev}`` a branch name or a 40-hex commit oid):
 
 ==========================================================  ===============================================
 ``POST /api/repos/create``                                  201 ``{"url"}``; 409 if it exists
@@ -28,6 +29,7 @@ Endpoints (model repos only; ``{repo}`` is ``org/name``, ``{rev}`` a branch name
 ``GET  /api/models/{repo}[/revision/{rev}]``                ``{"id", "sha", "siblings": [{"rfilename"}]}``
 ``GET  /api/models/{repo}/tree/{rev}[/{path}]``             ``[{"type", "path", "size", "oid"}]``
 ``HEAD|GET /{repo}/resolve/{rev}/{path}``                   file bytes, ``X-Repo-Commit``, ``ETag``
+``/api/spaces/...``, ``/spaces/{repo}/resolve/...``         the same for Space repos (created with an ``sdk``)
 ``GET  /api/agent-harnesses``                               404 (huggingface_hub's best-effort telemetry)
 anything else                                               404 JSON error, recorded in ``hub.unhandled``
 ==========================================================  ===============================================
@@ -60,6 +62,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 __all__ = ["FakeHub", "git_blob_oid", "run_client"]
 
 DEFAULT_NAMESPACE = "fake-user"
+SPACES_PREFIX = "spaces/"  # a Space's key in FakeHub.repos: "spaces/org/name"
 _COMMIT_OID_RE = re.compile(r"^[0-9a-f]{40}$")
 
 
@@ -388,8 +391,10 @@ class _Handler(BaseHTTPRequestHandler):
                 return True
             if parts == ["api", "agent-harnesses"]:
                 raise _HubError(404, "Not found (FakeHub has no agent-harnesses registry)")
-            if len(parts) >= 4 and parts[1] == "models":
+            if len(parts) >= 4 and parts[1] in ("models", "spaces"):
                 repo_id, rest = f"{parts[2]}/{parts[3]}", parts[4:]
+                if parts[1] == "spaces":
+                    repo_id = f"{SPACES_PREFIX}{repo_id}"
                 if method == "GET" and not rest:
                     return self._repo_info(repo_id, "main")
                 if method == "GET" and len(rest) == 2 and rest[0] == "revision":
@@ -403,16 +408,22 @@ class _Handler(BaseHTTPRequestHandler):
             return False
         if method in ("GET", "HEAD") and len(parts) >= 5 and parts[2] == "resolve":
             return self._resolve_file(f"{parts[0]}/{parts[1]}", parts[3], "/".join(parts[4:]))
+        if method in ("GET", "HEAD") and len(parts) >= 6 and parts[0] == "spaces" and parts[3] == "resolve":
+            return self._resolve_file(f"{SPACES_PREFIX}{parts[1]}/{parts[2]}", parts[4], "/".join(parts[5:]))
         return False
 
     def _create_repo(self) -> bool:
         self._require_write_auth()
         body = self._json_body()
         repo_type = body.get("type") or "model"
-        if repo_type != "model":
-            raise _HubError(400, f"FakeHub only supports model repos, got type={repo_type!r}")
+        if repo_type not in ("model", "space"):
+            raise _HubError(400, f"FakeHub only supports model and Space repos, got type={repo_type!r}")
+        if repo_type == "space" and not body.get("sdk"):
+            raise _HubError(400, "A Space needs an sdk (gradio, docker, static)")
         repo_id = f"{body.get('organization') or DEFAULT_NAMESPACE}/{body['name']}"
         self._check_access(repo_id)
+        if repo_type == "space":  # Spaces live under "spaces/" in hub.repos, as in their URLs
+            repo_id = f"{SPACES_PREFIX}{repo_id}"
         url = f"{self.hub.endpoint}/{repo_id}"
         with self.hub._lock:
             if repo_id in self.hub._state:
@@ -428,10 +439,11 @@ class _Handler(BaseHTTPRequestHandler):
             repo = self._readable_repo(repo_id)
             sha = self.hub._resolve(repo, revision)
             files = repo.snapshots[sha]
+            name = repo_id.removeprefix(SPACES_PREFIX)
             payload = {
-                "id": repo_id,
-                "modelId": repo_id,
-                "author": repo_id.split("/")[0],
+                "id": name,
+                "modelId": name,
+                "author": name.split("/")[0],
                 "sha": sha,
                 "private": repo.private,
                 "gated": False,

@@ -35,7 +35,7 @@ def test_stage_names_are_case_insensitive_and_normalised():
     [
         (
             {"feature_extraction": "Resnet50"},
-            r"Unknown feature_extraction 'Resnet50'\. Available: VGG, RCNN, ResNet\. Did you mean 'ResNet'\?",
+            r"Unknown feature_extraction 'Resnet50'\. Available: VGG, RCNN, ResNet, ViT\. Did you mean 'ResNet'\?",
         ),
         ({"transformation": "TSP"}, r"Unknown transformation 'TSP'\. Available: None, TPS\. Did you mean 'TPS'\?"),
         ({"sequence_modeling": "LSTM"}, r"Unknown sequence_modeling 'LSTM'.*Did you mean 'BiLSTM'\?"),

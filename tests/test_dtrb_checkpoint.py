@@ -11,10 +11,11 @@ import pytest
 import torch
 from dtrb_reference import dtrb_manifest, dtrb_reference_forward, random_dtrb_state_dict
 
-from text_recognition import ModelConfig, TextRecognitionModel, list_stages
+from text_recognition import ModelConfig, TextRecognitionModel
+from text_recognition.registry import DTRB_STAGES
 from text_recognition.checkpoints import CheckpointMismatchError
 
-COMBINATIONS = list(itertools.product(*list_stages().values()))
+COMBINATIONS = list(itertools.product(*DTRB_STAGES.values()))
 SMALL = {"output_channel": 64, "hidden_size": 32}
 
 

@@ -92,6 +92,7 @@ def test_wheel_contains_the_model_card_template(tmp_path):
         assert "text_recognition/model_card_template.md" in names
         assert archive.read("text_recognition/model_card_template.md").decode() == load_model_card_template()
         assert "text_recognition/stages/prediction.py" in names
+        assert "text_recognition/app/examples/01_station.png" in names  # the app's examples, for Spaces too
 
 
 def test_from_pretrained_is_strict_about_missing_and_extra_weights(tmp_path):

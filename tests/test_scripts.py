@@ -74,7 +74,7 @@ def test_convert_with_snake_case_aliases_and_wrong_flags(tmp_path, crnn_pth, cap
     assert "Missing --Transformation, --FeatureExtraction, --SequenceModeling, --Prediction" in capsys.readouterr().err
     assert run(convert.main, ["--saved_model", str(crnn_pth), "--output_dir", str(tmp_path / "d"), *CRNN_FLAGS,
                               "--Prediction", "Atn"]) == 1  # fmt: skip
-    assert "Unknown prediction 'Atn'. Available: CTC, Attn. Did you mean 'Attn'?" in capsys.readouterr().err
+    assert "Unknown prediction 'Atn'. Available: CTC, Attn, PARSeq, ViTSTR. Did you mean 'Attn'?" in capsys.readouterr().err
 
 
 def test_unknown_flag_is_rejected(crnn_pth, tmp_path):

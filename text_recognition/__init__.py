@@ -4,7 +4,7 @@ from .config import CHARSET_36, CHARSET_94, ModelConfig
 from .model import Recognition, TextRecognitionModel, init_dtrb_weights, load_model
 from .onnx_model import OnnxModel
 from .registry import list_stages
-from .tokenizer import AttnTokenizer, CTCTokenizer, build_tokenizer
+from .tokenizer import AttnTokenizer, CTCTokenizer, StrhubTokenizer, build_tokenizer
 
 __version__ = "0.1.0"
 
@@ -16,6 +16,7 @@ __all__ = [
     "ModelConfig",
     "OnnxModel",
     "Recognition",
+    "StrhubTokenizer",
     "TextRecognitionModel",
     "build_tokenizer",
     "init_dtrb_weights",

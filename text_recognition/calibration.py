@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .tokenizer import EOS_ID
+from .tokenizer import EOS_ID, STRHUB_EOS_ID
 
 ECE_BINS = 15
 #: The temperature search range (log-spaced golden-section search).
@@ -107,16 +107,20 @@ def selective_metrics(confidences, correct, targets: tuple[float, ...] = (0.95, 
 # ---- temperature ---------------------------------------------------------------------------------------------------
 
 
-def path_logits(logits: torch.Tensor, is_ctc: bool) -> list[torch.Tensor]:
+def path_logits(logits: torch.Tensor, is_ctc: bool, strhub: bool = False) -> list[torch.Tensor]:
     """The rows of greedy logits [B, T, C] that the confidence multiplies: all frames for CTC, the steps before the
-    first ``[s]`` for attention (none for an empty prediction). Kept on the CPU in fp32, for ``fit_temperature``."""
+    first ``[s]`` for attention (none for an empty prediction), the steps up to and including the first ``[E]`` for
+    PARSeq and ViTSTR (``strhub``). Kept on the CPU in fp32, for ``fit_temperature``."""
     logits = logits.detach().float().cpu()
     if is_ctc:
         return list(logits)
     rows = []
     for row in logits:
         ids = row.argmax(1).tolist()
-        cut = ids.index(EOS_ID) if EOS_ID in ids else len(ids)
+        if strhub:
+            cut = ids.index(STRHUB_EOS_ID) + 1 if STRHUB_EOS_ID in ids else len(ids)
+        else:
+            cut = ids.index(EOS_ID) if EOS_ID in ids else len(ids)
         rows.append(row[:cut])
     return rows
 

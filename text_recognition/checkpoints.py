@@ -195,3 +195,193 @@ def verify_tps_buffers(model: nn.Module, state_dict: dict[str, torch.Tensor], so
                 f"The TPS constant {key} stored in {source} differs from the one computed for num_fiducial / imgH / "
                 f"imgW of this configuration: the checkpoint was built for another TPS geometry."
             )
+
+
+# ---- strhub (baudm/parseq) checkpoints -------------------------------------------------------------------------
+
+STRHUB_ARCHITECTURES = ("parseq", "parseq-tiny", "vitstr")
+
+
+def _torch_load_reason(error: Exception) -> str:
+    """The one-line reason of a ``torch.load(weights_only=True)`` refusal (not its advice to turn the check off)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+    marker = [i for i, line in enumerate(lines) if "WeightsUnpickler error:" in line]
+    if marker:
+        after = lines[marker[0]].split("WeightsUnpickler error:", 1)[1].strip()
+        reason = after or (lines[marker[0] + 1] if marker[0] + 1 < len(lines) else lines[0])
+    else:
+        reason = lines[0]
+    return reason.split(". ")[0].rstrip(".")
+
+
+def read_strhub_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a strhub checkpoint with ``weights_only=True``: a released ``.pt`` (a state dict; ViTSTR's keys start
+    with ``model.``) or a Lightning ``.ckpt`` (``state_dict`` and ``hyper_parameters``). Returns the state dict
+    without the ``model.`` prefix and the hyper-parameters (empty when the file has none)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"strhub checkpoint not found: {str(path)!r}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle, zip and weights-only errors all mean "not a strhub checkpoint we can read"
+        raise ValueError(
+            f"Cannot read {str(path)!r} as a strhub checkpoint: torch.load(weights_only=True) refused it "
+            f"({_torch_load_reason(error)}). A released strhub .pt is a plain state dict; a Lightning .ckpt whose "
+            f"hyper-parameters hold other objects can be reduced to one with torch.save(ckpt['state_dict'], 'x.pt')."
+        ) from None
+    hparams: dict[str, Any] = {}
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        found = state.get("hyper_parameters")
+        hparams = dict(found) if isinstance(found, dict) else {}
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{str(path)!r} does not hold a state dict of tensors (strhub's released .pt files and "
+                         f"Lightning checkpoints do).")  # fmt: skip
+    if all(key.startswith("model.") for key in state):
+        state = {key.removeprefix("model."): value for key, value in state.items()}
+    return state, hparams
+
+
+def strhub_architecture(state_dict: dict[str, torch.Tensor], source: str) -> str:
+    """``"parseq"`` or ``"vitstr"`` from the keys."""
+    if "pos_queries" in state_dict and "encoder.pos_embed" in state_dict:
+        return "parseq"
+    if "cls_token" in state_dict and "pos_embed" in state_dict and "head.weight" in state_dict:
+        return "vitstr"
+    shown = ", ".join(sorted(state_dict)[:6])
+    raise CheckpointMismatchError(
+        f"{source} is not a strhub PARSeq or ViTSTR checkpoint: it has neither PARSeq's 'pos_queries' and "
+        f"'encoder.pos_embed' nor ViTSTR's 'cls_token', 'pos_embed' and 'head.weight' (its keys start: {shown}). "
+        f"For a DTRB .pth use scripts/convert_dtrb_checkpoint.py; strhub's ABINet, TRBA and CRNN are not supported."
+    )
+
+
+def is_strhub_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether ``path`` reads as a strhub PARSeq / ViTSTR checkpoint (which records its architecture)."""
+    try:
+        strhub_architecture(read_strhub_checkpoint(path)[0], repr(os.fspath(path)))
+    except ValueError:  # CheckpointMismatchError too
+        return False
+    return True
+
+
+def _count_indexed(state_dict: dict[str, torch.Tensor], prefix: str) -> int:
+    """How many ``prefix{i}.`` blocks there are (``blocks.0.`` ... ``blocks.11.`` -> 12)."""
+    indices = {key[len(prefix) :].split(".", 1)[0] for key in state_dict if key.startswith(prefix)}
+    return len([i for i in indices if i.isdigit()])
+
+
+def strhub_config(
+    state_dict: dict[str, torch.Tensor],
+    hparams: dict[str, Any],
+    source: str,
+    *,
+    architecture: str | None = None,
+    decode_ar: bool | None = None,
+    refine_iters: int | None = None,
+    **overrides: Any,
+) -> ModelConfig:
+    """The ``ModelConfig`` of a strhub state dict (prefix removed): what the shapes say, then the Lightning
+    hyper-parameters, then ``overrides``, each checked against the shapes."""
+    from .config import CHARSET_36, CHARSET_94, ModelConfig
+
+    found = strhub_architecture(state_dict, source)
+    encoder = "encoder." if found == "parseq" else ""
+    pos_embed = state_dict[f"{encoder}pos_embed"]
+    patch_weight = state_dict[f"{encoder}patch_embed.proj.weight"]  # [D, C, ph, pw]
+    embed_dim, channels, patch_h, patch_w = patch_weight.shape
+    if found == "parseq":
+        found = "parseq-tiny" if embed_dim == 192 else "parseq"
+    if architecture is not None:
+        if architecture not in STRHUB_ARCHITECTURES:
+            raise ValueError(f"Unknown --architecture {architecture!r}. Choose one of: "
+                             f"{', '.join(STRHUB_ARCHITECTURES)}.")  # fmt: skip
+        if architecture != found:
+            raise CheckpointMismatchError(
+                f"--architecture {architecture} was given, but {source} holds a {found} (embedding width "
+                f"{embed_dim}, {_count_indexed(state_dict, encoder + 'blocks.')} encoder blocks): leave "
+                f"--architecture out, or give the checkpoint of a {architecture}."
+            )
+    num_tokens = pos_embed.shape[1] - (1 if found == "vitstr" else 0)
+    head = state_dict["head.weight"]  # [N + 1, D]
+    num_symbols = head.shape[0] - 1
+
+    values: dict[str, Any] = {
+        "transformation": "None", "feature_extraction": "ViT", "sequence_modeling": "None",
+        "prediction": "ViTSTR" if found == "vitstr" else "PARSeq",
+        "input_channel": channels, "patch_h": patch_h, "patch_w": patch_w, "embed_dim": embed_dim,
+        "encoder_depth": _count_indexed(state_dict, encoder + "blocks."),
+        "encoder_heads": embed_dim // 64,  # strhub's encoders all have 64 dims per head
+        "encoder_mlp_ratio": state_dict[f"{encoder}blocks.0.mlp.fc1.weight"].shape[0] / embed_dim,
+        "vit_size": "tiny" if embed_dim == 192 else "small",
+    }  # fmt: skip
+    # The image: strhub's 32x128, or the square of its 224x224 model, whichever the positions fit.
+    if num_tokens == (32 // patch_h) * (128 // patch_w):
+        values["img_h"], values["img_w"] = 32, 128
+    elif round(num_tokens**0.5) ** 2 == num_tokens:
+        side = round(num_tokens**0.5)
+        values["img_h"], values["img_w"] = side * patch_h, side * patch_w
+    symbols = {94: CHARSET_94, 36: CHARSET_36, 62: CHARSET_94[:62]}
+    if num_symbols in symbols:
+        values["character"] = symbols[num_symbols]
+    if found != "vitstr":
+        values["batch_max_length"] = state_dict["pos_queries"].shape[1] - 1
+        values["decoder_depth"] = _count_indexed(state_dict, "decoder.layers.")
+        values["decoder_heads"] = embed_dim // 32  # strhub's decoders all have 32 dims per head
+        values["decoder_mlp_ratio"] = state_dict["decoder.layers.0.linear1.weight"].shape[0] / embed_dim
+        values["decode_ar"] = True if decode_ar is None else decode_ar
+        values["refine_iters"] = 1 if refine_iters is None else refine_iters
+    elif decode_ar is not None or refine_iters is not None:
+        raise ValueError("--decode_ar / --refine_iters set PARSeq's decoding mode, but the checkpoint is a ViTSTR, "
+                         "which reads every position at once: leave them out.")  # fmt: skip
+    # Lightning's hyper-parameters, where they are plain values
+    if isinstance(hparams.get("charset_train"), str):
+        values["character"] = hparams["charset_train"]
+    size = hparams.get("img_size")
+    if isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(v, int) for v in size):
+        values["img_h"], values["img_w"] = size
+    if found == "vitstr" and isinstance(hparams.get("max_label_length"), int):
+        values["batch_max_length"] = hparams["max_label_length"]
+    values.update(overrides)
+
+    if "character" not in values:
+        raise CheckpointMismatchError(f"The head of {source} predicts {num_symbols} symbols, none of strhub's "
+                                      f"charsets (94, 62, 36): give them in order with --character.")  # fmt: skip
+    if len(values["character"]) != num_symbols:
+        raise CheckpointMismatchError(
+            f"--character has {len(values['character'])} symbols, but the head of {source} predicts {num_symbols} "
+            f"(and [E]): give the checkpoint's charset, in its order (to change it, convert first, then fine-tune "
+            f"with --FT --character ...)."
+        )
+    if "img_h" not in values or "img_w" not in values:
+        raise CheckpointMismatchError(f"The encoder of {source} has {num_tokens} positions of {patch_h}x{patch_w} "
+                                      f"patches, which fit no image size strhub uses: give --imgH and --imgW.")
+    if (values["img_h"] // patch_h) * (values["img_w"] // patch_w) != num_tokens:
+        raise CheckpointMismatchError(
+            f"--imgH {values['img_h']} --imgW {values['img_w']} make {(values['img_h'] // patch_h)}x"
+            f"{(values['img_w'] // patch_w)} patches of {patch_h}x{patch_w}, but the encoder of {source} has "
+            f"{num_tokens} learned positions: give the image size it was trained at (strhub: --imgH 32 --imgW 128)."
+        )
+    values["sensitive"] = any(symbol.isupper() for symbol in values["character"])
+    return ModelConfig(**values)
+
+
+def read_strhub_model(path: str | os.PathLike, **options: Any) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """A strhub checkpoint's ``ModelConfig`` (``strhub_config`` with ``options``) and its state dict in our keys."""
+    state_dict, hparams = read_strhub_checkpoint(path)
+    config = strhub_config(state_dict, hparams, repr(os.fspath(path)), **options)
+    return config, strhub_to_model_state_dict(state_dict, config)
+
+
+def strhub_to_model_state_dict(state_dict: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
+    """strhub's keys (prefix removed) -> ours: the encoder under ``FeatureExtraction.``, the decoder (PARSeq) or
+    the classifier (ViTSTR) under ``Prediction.``."""
+    mapped = {}
+    for key, value in state_dict.items():
+        if config.prediction == "PARSeq":
+            name = ("FeatureExtraction." + key.removeprefix("encoder.")) if key.startswith("encoder.") else \
+                "Prediction." + key  # fmt: skip
+        else:
+            name = ("Prediction." + key) if key.startswith("head.") else "FeatureExtraction." + key
+        mapped[name] = value
+    return mapped

@@ -40,6 +40,11 @@ class Option:
         return self.kind is bool
 
 
+def _optional_bool(value: str) -> bool:
+    """The type of an optional boolean flag (``--decode_ar false``): ``str2bool``."""
+    return str2bool(value)
+
+
 def dataclass_options(cls: type) -> list[Option]:
     """The options of a config dataclass: every field made with ``config.option`` (flags, help) or plainly
     (``--<name>``), its type read from the annotation's first member (``int | None`` -> int)."""
@@ -48,6 +53,8 @@ def dataclass_options(cls: type) -> list[Option]:
         if not item.metadata.get("cli", True):
             continue
         kind = _TYPES[str(item.type).split("|")[0].strip()]
+        if kind is bool and item.default is None:  # an optional boolean: a value flag, --decode_ar false
+            kind = _optional_bool
         if kind is bool and item.default is not False:
             raise TypeError(f"{cls.__name__}.{item.name}: boolean options must default to False (a --flag switch).")
         flags = tuple(item.metadata.get("flags") or ()) or (f"--{item.name}",)
@@ -173,6 +180,17 @@ def model_flags_given(args: argparse.Namespace) -> list[str]:
     return flags + (["--rgb"] if args.rgb else [])
 
 
+#: Model flags that a saved model's own value yields to: PARSeq's decoding mode, chosen when loading
+#: (``apply_decoding_flags``).
+DECODING_MODE_FLAGS = ("decode_ar", "refine_iters")
+
+
+def apply_decoding_flags(args: argparse.Namespace, model: Any) -> None:
+    """``--decode_ar`` / ``--refine_iters`` given with a saved model set its decoding mode (PARSeq's; any other head
+    refuses them, naming the flag)."""
+    model.set_decoding(decode_ar=getattr(args, "decode_ar", None), refine_iters=getattr(args, "refine_iters", None))
+
+
 def check_model_flags(
     args: argparse.Namespace, config: ModelConfig, source: str, *, evaluation_flags: Sequence[str] = ()
 ) -> None:
@@ -184,7 +202,7 @@ def check_model_flags(
     Raises:
         ValueError: naming each flag, its value and the model's, and what to do instead.
     """
-    given = {k: v for k, v in model_values(args).items() if k not in evaluation_flags}
+    given = {k: v for k, v in model_values(args).items() if k not in evaluation_flags and k not in DECODING_MODE_FLAGS}
     if args.rgb:
         given["input_channel"] = 3
     if not given:

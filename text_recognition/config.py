@@ -16,6 +16,7 @@ from typing import Any
 
 from . import stages  # noqa: F401  (registers every stage choice before a config names one)
 from .registry import canonical_stage_name
+from .stage_fields import resolve_head_fields, resolve_vit_fields
 
 #: DTRB's default charset: case-insensitive alphanumerics (36 symbols).
 CHARSET_36 = "0123456789abcdefghijklmnopqrstuvwxyz"
@@ -49,9 +50,10 @@ class ModelConfig:
 
     Args:
         transformation: ``"None"`` or ``"TPS"`` (``--Transformation``).
-        feature_extraction: ``"VGG"``, ``"RCNN"`` or ``"ResNet"`` (``--FeatureExtraction``).
+        feature_extraction: ``"VGG"``, ``"RCNN"``, ``"ResNet"`` or ``"ViT"`` (``--FeatureExtraction``).
         sequence_modeling: ``"None"`` or ``"BiLSTM"`` (``--SequenceModeling``).
-        prediction: ``"CTC"`` or ``"Attn"`` (``--Prediction``). Stage names are case-insensitive.
+        prediction: ``"CTC"``, ``"Attn"``, ``"PARSeq"`` or ``"ViTSTR"`` (``--Prediction``). Stage names are
+            case-insensitive.
         num_fiducial: TPS fiducial points F (even, at least 4).
         input_channel: 1 (grayscale) or 3 (RGB, DTRB's ``--rgb``).
         output_channel: CNN output channels; inner widths are fractions of it.
@@ -67,6 +69,13 @@ class ModelConfig:
         temperature: confidences are computed from ``softmax(logits / temperature)``; 1.0 (DTRB's) until a
             calibration fits it (``scripts/calibrate.py``, or training at its end). Predictions do not depend on it.
         config_version: format version of this config, for future migrations.
+        vit_size, patch_h, patch_w, embed_dim, encoder_depth, encoder_heads, encoder_mlp_ratio: the ViT encoder
+            (``--FeatureExtraction ViT``; ``None`` otherwise): a named size, ``"tiny"`` or ``"small"`` (strhub's
+            parseq-tiny and parseq), fills in whatever is not given.
+        decoder_depth, decoder_heads, decoder_mlp_ratio, dropout, perm_num, perm_forward, perm_mirrored: the PARSeq
+            decoder and its permutation training (``--Prediction PARSeq``; ``None`` otherwise; strhub's defaults).
+        decode_ar, refine_iters: PARSeq's decoding mode: autoregressive or all positions at once, then that many
+            refinement passes (default ``True``, 1, strhub's).
 
     Raises:
         ValueError: for an unknown stage name (with the choices and a close match), an odd or too small
@@ -94,6 +103,24 @@ class ModelConfig:
     batch_max_length: int = option(25, help="maximum label length")
     temperature: float = option(1.0, help="confidence temperature (fitted by calibration)", cli=False)
     config_version: int = option(1, help="format version of config.json", cli=False)
+    # ViT feature extraction (None for the other stages; resolved from vit_size for ViT)
+    vit_size: str | None = option(None, help="ViT size: tiny | small (strhub's parseq-tiny, parseq; default small)")
+    patch_h: int | None = option(None, help="ViT patch height (default 4)")
+    patch_w: int | None = option(None, help="ViT patch width (default 8)")
+    embed_dim: int | None = option(None, help="ViT width (default from --vit_size: 192 tiny, 384 small)")
+    encoder_depth: int | None = option(None, help="ViT blocks (default 12)")
+    encoder_heads: int | None = option(None, help="ViT attention heads (default from --vit_size: 3 tiny, 6 small)")
+    encoder_mlp_ratio: float | None = option(None, help="ViT MLP expansion (default 4)")
+    # PARSeq prediction (None for the other heads)
+    decoder_depth: int | None = option(None, help="PARSeq decoder layers (default 1)")
+    decoder_heads: int | None = option(None, help="PARSeq decoder heads (default: its width / 32)")
+    decoder_mlp_ratio: float | None = option(None, help="PARSeq decoder MLP expansion (default 4)")
+    dropout: float | None = option(None, help="PARSeq decoder dropout (default 0.1)")
+    perm_num: int | None = option(None, help="PARSeq training permutations per batch (default 6)")
+    perm_forward: bool | None = option(None, help="PARSeq: always train the left-to-right order (default true)")
+    perm_mirrored: bool | None = option(None, help="PARSeq: pair each order with its reverse (default true)")
+    decode_ar: bool | None = option(None, help="PARSeq: decode autoregressively (default true; false: all at once)")
+    refine_iters: int | None = option(None, help="PARSeq: cloze refinement passes after decoding (default 1)")
 
     def __post_init__(self) -> None:
         self.transformation = canonical_stage_name("transformation", self.transformation)
@@ -117,14 +144,16 @@ class ModelConfig:
                 f"num_fiducial must be even and at least 4 (TPS puts F/2 points on each of the top and bottom "
                 f"edges), got {self.num_fiducial}."
             )
-        if self.img_h < 32:
+        resolve_vit_fields(self)
+        resolve_head_fields(self)
+        if self.feature_extraction != "ViT" and self.img_h < 32:
             raise ValueError(
                 f"img_h must be at least 32: the CNNs downsample the height by 16 and need 2 rows left, got "
                 f"{self.img_h}."
             )
-        if self.img_w < 16:
+        if self.feature_extraction != "ViT" and self.img_w < 16:
             raise ValueError(f"img_w must be at least 16 for the CNNs to produce any column, got {self.img_w}.")
-        divisor = _CHANNEL_DIVISORS[self.feature_extraction]
+        divisor = _CHANNEL_DIVISORS.get(self.feature_extraction, 1)
         if self.output_channel % divisor:
             raise ValueError(
                 f"output_channel must be a multiple of {divisor} for {self.feature_extraction} (its inner widths "
@@ -154,9 +183,17 @@ class ModelConfig:
             )
 
     @property
+    def prediction_in_features(self) -> int:
+        """Width of the features the prediction head reads (the last stage before it)."""
+        if self.sequence_modeling == "BiLSTM":
+            return self.hidden_size
+        return self.embed_dim if self.feature_extraction == "ViT" else self.output_channel
+
+    @property
     def num_class(self) -> int:
-        """Output classes: the charset plus the CTC blank, or plus ``[GO]`` and ``[s]`` for attention."""
-        return len(self.character) + (1 if self.prediction == "CTC" else 2)
+        """Output classes: the charset plus the CTC blank, plus ``[GO]`` and ``[s]`` for attention, or plus ``[E]``
+        for PARSeq and ViTSTR (whose ``[B]`` and ``[P]`` are inputs only)."""
+        return len(self.character) + (2 if self.prediction == "Attn" else 1)
 
     @property
     def stage_string(self) -> str:

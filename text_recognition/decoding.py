@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 # Constraint and read_lexicon are imported from here too, as before constraints.py held them.
 from .constraints import Constraint, build_constraint, read_lexicon  # noqa: F401
-from .tokenizer import BLANK_ID, EOS_ID, GO_ID
+from .tokenizer import BLANK_ID, EOS_ID, GO_ID, StrhubTokenizer
 
 if TYPE_CHECKING:
     from .stages.prediction import Attention
@@ -147,6 +147,10 @@ class Decoder:
 
     def __init__(self, tokenizer: Tokenizer, options: DecodingOptions, max_length: int,
                  temperature: float = 1.0) -> None:  # fmt: skip
+        if not options.is_greedy and isinstance(tokenizer, StrhubTokenizer):
+            raise ValueError("Beam search and constraints (--beam_width, --allowlist, --blocklist, --lexicon, "
+                             "--pattern) are not available for PARSeq and ViTSTR yet: decode greedily (beam width 1, "
+                             "no constraints; --min_confidence works).")  # fmt: skip
         self.tokenizer = tokenizer
         self.options = options
         self.temperature = temperature

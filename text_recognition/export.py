@@ -72,6 +72,9 @@ DEFAULT_OPSET = 17
 MIN_OPSET_TPS = 16  # ONNX GridSample
 SIDECAR_FORMAT_VERSION = 2  # 2: onnx_sha256, precision and quantization (version 1 files are still read)
 
+#: Prediction heads whose graph and sidecar this exporter writes (PARSeq's and ViTSTR's ids and loops differ).
+EXPORTABLE_HEADS = ("CTC", "Attn")
+
 # The stage prefixes verify_onnx exports on their own to find a faulty stage, in model order.
 STAGES = ("Transformation", "FeatureExtraction", "SequenceModeling", "Prediction")
 
@@ -227,6 +230,12 @@ def export_onnx(
         model.decoder(decoding)  # impossible constraints fail before anything is written
     if not isinstance(model, TextRecognitionModel):
         raise TypeError(f"export_onnx expects a TextRecognitionModel, got {type(model).__name__}.")
+    if model.config.prediction not in EXPORTABLE_HEADS:
+        raise OnnxExportError(
+            f"ONNX export of {model.config.prediction} heads is not supported yet (only {', '.join(EXPORTABLE_HEADS)}): "
+            f"the sidecar's decoding rules and the graph's decoding loop are written for DTRB's heads. Evaluate and "
+            f"read the model folder with PyTorch."
+        )
     if model.config.transformation == "TPS" and opset < MIN_OPSET_TPS:
         raise ValueError(
             f"TPS models need ONNX opset >= {MIN_OPSET_TPS} (GridSample, which TPS's grid_sample becomes), got "

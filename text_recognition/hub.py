@@ -26,6 +26,33 @@ CITATION = """@inproceedings{baek2019STRcomparisons,
 }"""
 
 
+PARSEQ_CITATION = """@inproceedings{bautista2022parseq,
+  title={Scene Text Recognition with Permuted Autoregressive Sequence Models},
+  author={Bautista, Darwin and Atienza, Rowel},
+  booktitle={European Conference on Computer Vision (ECCV)},
+  year={2022}
+}"""
+VITSTR_CITATION = """@inproceedings{atienza2021vitstr,
+  title={Vision Transformer for Fast and Efficient Scene Text Recognition},
+  author={Atienza, Rowel},
+  booktitle={International Conference on Document Analysis and Recognition (ICDAR)},
+  year={2021}
+}"""
+
+
+def architecture_name(config: ModelConfig) -> str | None:
+    """The name the field knows a model beyond DTRB's grid by: ``"PARSeq-S"``, ``"PARSeq-Ti"``, ``"ViTSTR-S"``
+    (strhub's sizes), ``"PARSeq"`` / ``"ViTSTR"`` with other sizes; ``None`` for DTRB's combinations."""
+    if config.prediction not in ("PARSeq", "ViTSTR"):
+        return None
+    if config.feature_extraction != "ViT":
+        return f"PARSeq decoder on {config.feature_extraction}"
+    sizes = {(384, 12, 6): "S", (192, 12, 3): "Ti"}
+    size = sizes.get((config.embed_dim, config.encoder_depth, config.encoder_heads))
+    return f"{config.prediction}-{size}" if size else f"{config.prediction} (ViT {config.embed_dim} wide, " \
+        f"{config.encoder_depth} blocks)"  # fmt: skip
+
+
 #: Markers around the card's evaluation section, so results can replace it without touching the rest of the card.
 EVALUATION_START = "<!-- text_recognition:evaluation -->"
 EVALUATION_END = "<!-- /text_recognition:evaluation -->"
@@ -116,6 +143,8 @@ def build_card(
         training=training,
         run_config_json=json.dumps(run_config, indent=2, sort_keys=True, default=str) if run_config else None,
         citation=CITATION,
+        architecture=architecture_name(config),
+        extra_citation={"PARSeq": PARSEQ_CITATION, "ViTSTR": VITSTR_CITATION}.get(config.prediction),
         **kwargs,
     )
 
@@ -211,9 +240,11 @@ def push_model_folder(
     private: bool | None = None,
     token: str | None = None,
     commit_message: str | None = None,
+    card_text: str | None = None,
 ) -> str:
     """Push a model folder (``config.json``, ``model.safetensors``, ``README.md``) to a Hub model repo, creating it if
-    needed, in one commit. Returns the commit URL.
+    needed, in one commit. Returns the commit URL. ``card_text`` replaces the folder's ``README.md`` in the push (the
+    folder itself is left as it is).
 
     Raises:
         FileNotFoundError: the folder is not a complete model folder.
@@ -229,8 +260,18 @@ def push_model_folder(
     api = HfApi(token=token)
     try:
         repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-        commit = api.upload_folder(repo_id=repo_id, folder_path=folder,
-                                   commit_message=commit_message or f"Upload {folder.name}")  # fmt: skip
+        message = commit_message or f"Upload {folder.name}"
+        if card_text is None:
+            commit = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=message)
+        else:
+            from huggingface_hub import CommitOperationAdd
+
+            files = [path for path in sorted(folder.rglob("*")) if path.is_file()
+                     and not any(part.startswith(".") for part in path.relative_to(folder).parts)]  # fmt: skip
+            operations = [CommitOperationAdd(path.relative_to(folder).as_posix(), path) for path in files
+                          if path.relative_to(folder).as_posix() != "README.md"]  # fmt: skip
+            operations.append(CommitOperationAdd("README.md", card_text.encode("utf-8")))
+            commit = api.create_commit(repo_id, operations, commit_message=message)
     except HfHubHTTPError as error:
         raise _refused(error, repo_id) from None
     return commit.commit_url if hasattr(commit, "commit_url") else str(commit)

@@ -18,10 +18,11 @@ from torch import nn
 from .config import ModelConfig
 from .decoding import Decoder, DecodingOptions, Recognition
 from .fastpath import CHANNELS_LAST_BY_DEFAULT, compile_encoder, inference_settings, set_channels_last
-from .checkpoints import check_state_dict, read_dtrb_state_dict, verify_tps_buffers
+from .checkpoints import (check_state_dict, is_strhub_checkpoint, read_dtrb_state_dict, read_strhub_model,
+                          verify_tps_buffers)  # fmt: skip
 from .hub import build_card, is_repo_id, load_model_card_template
 from .registry import build_stage
-from .tokenizer import BLANK_ID, EOS_ID, build_tokenizer
+from .tokenizer import build_tokenizer
 from .transforms import ImageInput, as_image_list, preprocess
 
 if TYPE_CHECKING:
@@ -112,13 +113,26 @@ class TextRecognitionModel(
                           and config.transformation == "None")  # fmt: skip
 
     def init_weights(self) -> None:
-        """Re-initialise with DTRB's rules (``init_dtrb_weights``), as training does before it starts."""
-        init_dtrb_weights(self)
+        """Re-initialise, as training does before it starts: DTRB's rules (``init_dtrb_weights``) for DTRB's
+        stages, strhub's (timm's) for the stages that define their own ``init_weights`` (ViT, PARSeq, ViTSTR)."""
+        stages = (self.Transformation, self.FeatureExtraction, self.SequenceModeling, self.Prediction)
+        if not any(hasattr(stage, "init_weights") for stage in stages):
+            init_dtrb_weights(self)  # the whole model at once: DTRB's order of random draws
+            return
+        for stage in stages:
+            if hasattr(stage, "init_weights"):
+                stage.init_weights()
+            else:
+                init_dtrb_weights(stage)
 
     def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Images [B, C, H, W] in [-1, 1] -> contextual features [B, T, F] (the first three stages)."""
+        """Images [B, C, H, W] in [-1, 1] -> contextual features [B, T, F] (the first three stages).
+
+        A CNN's map is averaged over its height into columns; a ViT's tokens (all patches, row-major) go on as
+        they are."""
         visual = self.FeatureExtraction(self.Transformation(pixel_values))
-        visual = self.AdaptiveAvgPool(visual.permute(0, 3, 1, 2)).squeeze(3)  # [B, W', C, H'] -> [B, T, C]
+        if not getattr(self.FeatureExtraction, "outputs_sequence", False):
+            visual = self.AdaptiveAvgPool(visual.permute(0, 3, 1, 2)).squeeze(3)  # [B, W', C, H'] -> [B, T, C]
         return self.SequenceModeling(visual)
 
     def forward(self, pixel_values: torch.Tensor, text: torch.Tensor | None = None) -> torch.Tensor:
@@ -126,10 +140,31 @@ class TextRecognitionModel(
 
         Args:
             pixel_values: a batch as ``transforms.preprocess`` or ``AlignCollate`` makes it.
-            text: attention only: the tokenizer's encoded labels [B, batch_max_length + 2] (or the decoder input
-                ``[:, :-1]``) for teacher forcing. ``None`` decodes greedily. CTC ignores it.
+            text: the tokenizer's encoded labels [B, batch_max_length + 2] for training. Attention: teacher forcing
+                (the decoder input ``[:, :-1]`` works too). PARSeq: permutation language modelling; the logits of
+                every permutation, [K, B, T + 1, num_class], for ``loss``. ``None`` decodes greedily (PARSeq: as
+                ``config.decode_ar`` / ``refine_iters`` say, giving strhub's logits). CTC and ViTSTR ignore it.
         """
         return self.Prediction(self.encode(pixel_values), text)
+
+    @property
+    def teacher_forced(self) -> bool:
+        """Whether training passes the encoded labels to ``forward`` (attention, PARSeq)."""
+        return bool(self.Prediction.teacher_forced)
+
+    def set_decoding(self, decode_ar: bool | None = None, refine_iters: int | None = None) -> None:
+        """Change PARSeq's decoding mode in place (``config`` follows, so ``save_pretrained`` records it).
+
+        Raises:
+            ValueError: the head has no such mode (CTC, attention, ViTSTR), or a bad value.
+        """
+        changes = {name: value for name, value in (("decode_ar", decode_ar), ("refine_iters", refine_iters))
+                   if value is not None}  # fmt: skip
+        if not changes:
+            return
+        new_config = dataclasses.replace(self.config, **changes)  # validated: names the flag when it cannot apply
+        self.Prediction.decode_ar, self.Prediction.refine_iters = new_config.decode_ar, new_config.refine_iters
+        self.config = self._hub_mixin_config = new_config
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor, lengths: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         """The head's loss against the tokenizer's ``encode`` output (CTC: ``baidu=True`` for ``--baiduCTC``)."""
@@ -166,14 +201,7 @@ class TextRecognitionModel(
         new_tokenizer = build_tokenizer(new_config)
         old_ids = {token: i for i, token in enumerate(self.tokenizer.tokens)}
         sources = [old_ids.get(token) for token in new_tokenizer.tokens]  # None: a new symbol
-        reference = BLANK_ID if self.config.prediction == "CTC" else EOS_ID
-        head = self.Prediction if self.config.prediction == "CTC" else self.Prediction.generator
-        _resize_rows(head, sources, reference)
-        if self.config.prediction == "Attn":
-            old_symbols = [i for i in range(len(self.tokenizer.special_tokens), len(self.tokenizer.tokens))]
-            _resize_onehot_columns(self.Prediction.attention_cell.rnn, self.Prediction.num_classes, sources,
-                                   old_symbols)  # fmt: skip
-            self.Prediction.num_classes = len(sources)
+        self.Prediction.resize_classes(sources, NEW_SYMBOL_MARGIN)  # each head resizes its own rows
         change = CharsetChange(
             kept="".join(c for c in new_config.character if c in self.config.character),
             added="".join(c for c in new_config.character if c not in self.config.character),
@@ -307,8 +335,11 @@ class TextRecognitionModel(
         strict: bool = True,
         **model_kwargs: Any,
     ) -> TextRecognitionModel:
-        """Load ``model.safetensors`` strictly: a missing, extra or mis-shaped weight is an error."""
+        """Load ``model.safetensors`` strictly: a missing, extra or mis-shaped weight is an error. ``decode_ar`` /
+        ``refine_iters`` given to ``from_pretrained`` set PARSeq's decoding mode (``set_decoding``)."""
+        decoding = {name: model_kwargs.pop(name) for name in ("decode_ar", "refine_iters") if name in model_kwargs}
         model = cls(**model_kwargs)
+        model.set_decoding(**decoding)
         if os.path.isdir(model_id):
             weights = os.path.join(model_id, SAFETENSORS_NAME)
             if not os.path.isfile(weights):
@@ -364,37 +395,55 @@ class TextRecognitionModel(
         model.eval()
         return model
 
+    @classmethod
+    def from_strhub_checkpoint(
+        cls,
+        path: str | os.PathLike,
+        *,
+        architecture: str | None = None,
+        decode_ar: bool | None = None,
+        refine_iters: int | None = None,
+        map_location: str = "cpu",
+        **overrides: Any,
+    ) -> TextRecognitionModel:
+        """Load a strhub (baudm/parseq) checkpoint: a released ``.pt`` or a Lightning ``.ckpt`` of ``parseq``,
+        ``parseq-tiny`` or ``vitstr``, with or without Lightning's ``model.`` prefix.
+
+        Architecture and sizes come from the keys and shapes (the charset from the head's size: 94 symbols are
+        strhub's ``94_full``; 36, 62 its smaller sets). ``model(pixel_values)`` gives strhub's logits in the decoding
+        mode for images as strhub's test transform makes them (RGB, 32x128 bicubic, [-1, 1]: ``preprocess``).
+
+        Args:
+            path: the checkpoint, read with ``torch.load(weights_only=True)``.
+            architecture: ``"parseq"``, ``"parseq-tiny"`` or ``"vitstr"``: checked against what the file holds.
+            decode_ar, refine_iters: PARSeq's decoding mode (default strhub's: autoregressive, 1 refinement).
+            overrides: ``ModelConfig`` fields the file does not record (``character``, ``img_h``/``img_w``,
+                ``batch_max_length`` for ViTSTR, ``encoder_heads``/``decoder_heads`` when not strhub's 64/32 dims
+                per head), checked against the shapes.
+
+        Raises:
+            CheckpointMismatchError: a key or shape that does not fit, naming the flag to fix.
+        """
+        config, state_dict = read_strhub_model(path, architecture=architecture, decode_ar=decode_ar,
+                                               refine_iters=refine_iters, **overrides)  # fmt: skip
+        model = cls(config)
+        mapped = check_state_dict(model, state_dict, model.config, repr(os.fspath(path)))
+        model.load_state_dict(mapped, strict=True)
+        model.to(map_location)
+        model.eval()
+        return model
+
     def __repr__(self) -> str:
         return f"TextRecognitionModel({self.config.stage_string}, {self.num_parameters:,} parameters)"
 
 
-def _resize_rows(linear: nn.Linear, sources: list[int | None], reference: int) -> None:
-    """Rows of ``linear`` taken from ``sources`` (old row ids); ``None`` rows copy ``reference`` with a lower bias."""
-    index = torch.tensor([reference if k is None else k for k in sources], device=linear.weight.device)
-    weight, bias = linear.weight[index].clone(), linear.bias[index].clone()
-    added = torch.tensor([k is None for k in sources], device=bias.device)
-    bias[added] -= NEW_SYMBOL_MARGIN
-    linear.weight = nn.Parameter(weight, requires_grad=linear.weight.requires_grad)
-    linear.bias = nn.Parameter(bias, requires_grad=linear.bias.requires_grad)
-    linear.out_features = len(sources)
-
-
-def _resize_onehot_columns(cell: nn.LSTMCell, num_classes: int, sources: list[int | None], old_symbols: list[int]):
-    """The LSTM cell's input columns for the one-hot characters (the last ``num_classes`` of ``weight_ih``)."""
-    context = cell.input_size - num_classes
-    weight = cell.weight_ih
-    onehot = weight[:, context:]
-    mean = onehot[:, old_symbols].mean(dim=1, keepdim=True)
-    columns = [mean if k is None else onehot[:, k : k + 1] for k in sources]
-    resized = torch.cat([weight[:, :context], *columns], dim=1).clone()
-    cell.weight_ih = nn.Parameter(resized, requires_grad=weight.requires_grad)
-    cell.input_size = context + len(sources)
-
-
 def expected_sequence_length(config: ModelConfig) -> int:
-    """T of the logits for ``config``: CNN columns for CTC, ``batch_max_length + 1`` steps for attention."""
-    if config.prediction == "Attn":
+    """T of the logits for ``config``: CNN columns (ViT tokens) for CTC, ``batch_max_length + 1`` steps for the
+    other heads (PARSeq: its most, and always with refinement)."""
+    if config.prediction != "CTC":
         return config.batch_max_length + 1
+    if config.feature_extraction == "ViT":
+        return (config.img_h // config.patch_h) * (config.img_w // config.patch_w)
     columns = config.img_w // 4  # two 2x2 max-pools along the width
     return columns - 1 if config.feature_extraction == "VGG" else columns + 1
 
@@ -428,9 +477,11 @@ def load_model(
     exported ``.onnx`` file (with its sidecar), run by onnxruntime as an ``OnnxModel``.
 
     Args:
-        saved_model: a folder written by ``save_pretrained``, a Hub id (``"user/repo"``), a DTRB checkpoint, or an
-            ``.onnx`` file written by ``scripts/export_onnx.py`` (fp32 or int8).
-        config: the architecture of a DTRB ``.pth`` (which does not record it); ignored for the others.
+        saved_model: a folder written by ``save_pretrained``, a Hub id (``"user/repo"``), a DTRB checkpoint, a
+            strhub PARSeq / ViTSTR checkpoint (read with ``from_strhub_checkpoint``'s defaults when no ``config``), or
+            an ``.onnx`` file written by ``scripts/export_onnx.py`` (fp32 or int8).
+        config: the architecture of a DTRB ``.pth`` (which does not record it); ignored for folders, Hub ids and
+            ``.onnx`` files.
 
     Raises:
         FileNotFoundError: nothing found at that path or Hub id.
@@ -449,6 +500,8 @@ def load_model(
         raise ValueError(f"{str(path)!r} is a bare safetensors file: a model is a folder with its config.json beside "
                          f"model.safetensors (as save_pretrained writes); give that folder.")  # fmt: skip
     if path.is_file():
+        if config is None and is_strhub_checkpoint(path):
+            return TextRecognitionModel.from_strhub_checkpoint(path, map_location=map_location)
         if config is None:
             raise ValueError(
                 f"{str(path)!r} is a file, read as a DTRB checkpoint, which does not record its architecture: "

@@ -122,7 +122,7 @@ def predict_records(
         losses.append(float(model.loss(logits, targets.to(device), lengths, **(loss_kwargs or {}))))
         decoded = searched if searched is not None else decoder.decode_logits(logits)
         if logit_rows is not None:
-            logit_rows += path_logits(logits, config.prediction == "CTC")
+            logit_rows += path_logits(logits, config.prediction == "CTC", config.prediction in ("PARSeq", "ViTSTR"))
         for label, stored, recognition, (source, index) in zip(
             batch["labels"], batch["stored_labels"], decoded, batch["ids"]
         ):

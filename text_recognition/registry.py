@@ -19,6 +19,15 @@ if TYPE_CHECKING:
 
 STAGE_KINDS = ("transformation", "feature_extraction", "sequence_modeling", "prediction")
 
+#: DTRB's grid (2 x 3 x 2 x 2 = 24 combinations), whose checkpoints load bit for bit; the registry also holds the
+#: stages beyond it (ViT, PARSeq, ViTSTR).
+DTRB_STAGES: dict[str, tuple[str, ...]] = {
+    "transformation": ("None", "TPS"),
+    "feature_extraction": ("VGG", "RCNN", "ResNet"),
+    "sequence_modeling": ("None", "BiLSTM"),
+    "prediction": ("CTC", "Attn"),
+}
+
 # kind -> canonical stage name -> module class (each class has `from_config(config, in_features)` and `out_features`)
 _STAGES: dict[str, dict[str, type[nn.Module]]] = {kind: {} for kind in STAGE_KINDS}
 
@@ -54,7 +63,7 @@ def canonical_stage_name(kind: str, name: str) -> str:
 
     Raises:
         ValueError: naming the available choices and the closest match, e.g.
-            ``Unknown feature_extraction 'Resnet50'. Available: VGG, RCNN, ResNet. Did you mean 'ResNet'?``
+            ``Unknown feature_extraction 'Resnet50'. Available: VGG, RCNN, ResNet, ViT. Did you mean 'ResNet'?``
     """
     _check_kind(kind)
     choices = list(_STAGES[kind])

@@ -1,8 +1,10 @@
 # Follows clovaai/deep-text-recognition-benchmark (Copyright (c) 2019-present NAVER Corp., Apache-2.0); see NOTICE.
-"""Charset <-> ids for the CTC and attention heads: DTRB's label converters, plus confidences as DTRB computes them.
+"""Charset <-> ids for each head: DTRB's label converters (CTC, attention) and strhub's (PARSeq, ViTSTR), with
+confidences as each computes them.
 
 CTC ids: ``[CTCblank]`` = 0, symbol ``j`` of the charset = ``j + 1``.
 Attention ids: ``[GO]`` = 0 (also padding), ``[s]`` = 1 (end of sequence), symbol ``j`` = ``j + 2``.
+PARSeq / ViTSTR ids (strhub's): ``[E]`` = 0, symbol ``j`` = ``j + 1``, ``[B]`` = N + 1, ``[P]`` = N + 2.
 
 Two of DTRB's decoding bugs are fixed here (see the README):
 - an attention prediction that never emits ``[s]`` keeps all its characters (DTRB's ``find`` returned -1 and
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
 BLANK_ID = 0  # CTC: the blank
 GO_ID = 0  # attention: [GO] starts decoding and pads targets
 EOS_ID = 1  # attention: [s] ends a sequence
+STRHUB_EOS_ID = 0  # PARSeq / ViTSTR: [E] ends a sequence ([B] = N + 1 and [P] = N + 2 follow the N symbols)
 
 
 class _Tokenizer:
@@ -134,9 +137,57 @@ class AttnTokenizer(_Tokenizer):
         return results
 
 
-Tokenizer = CTCTokenizer | AttnTokenizer
+class StrhubTokenizer(_Tokenizer):
+    """strhub's ``Tokenizer`` (PARSeq, ViTSTR): ``[E]`` = 0, symbol ``j`` = ``j + 1``, then ``[B]`` = N + 1 and
+    ``[P]`` = N + 2, which the heads never predict (``tokens`` and ``num_class`` are the N + 1 predicted ids)."""
+
+    special_tokens = ("[E]",)
+
+    def __init__(self, character: str) -> None:
+        super().__init__(character)
+        self.bos_id = len(character) + 1
+        self.pad_id = len(character) + 2
+
+    def encode(self, texts: list[str], batch_max_length: int = 25) -> tuple[torch.Tensor, torch.Tensor]:
+        """Texts -> (ids [B, batch_max_length + 2], lengths [B] = len + 1).
+
+        Row layout: ``[B]`` c1 ... cn ``[E]`` ``[P]``...; with the 36 symbols 'ab' -> [37, 11, 12, 0, 38, ...].
+        """
+        ids = torch.full((len(texts), batch_max_length + 2), self.pad_id, dtype=torch.long)
+        lengths = torch.zeros(len(texts), dtype=torch.int32)
+        for row, text in enumerate(texts):
+            encoded = [self.bos_id] + self._ids(text, batch_max_length) + [STRHUB_EOS_ID]
+            ids[row, : len(encoded)] = torch.tensor(encoded, dtype=torch.long)
+            lengths[row] = len(encoded) - 1
+        return ids, lengths
+
+    def decode(self, ids: torch.Tensor) -> list[str]:
+        """ids [B, steps] -> texts cut before the first ``[E]`` (all steps when there is none)."""
+        texts = []
+        for row in ids.detach().cpu().tolist():
+            cut = row.index(STRHUB_EOS_ID) if STRHUB_EOS_ID in row else len(row)
+            texts.append("".join(self.tokens[i] for i in row[:cut]))
+        return texts
+
+    def decode_with_confidence(self, logits: torch.Tensor) -> list[tuple[str, float]]:
+        """Greedy decoding of logits [B, steps, C]; confidence = product of the max probabilities up to and
+        including the first ``[E]`` (all steps when there is none), as strhub computes it: an empty reading has
+        the probability of its ``[E]``."""
+        max_prob, ids = logits.detach().float().softmax(2).max(2)
+        results = []
+        for text, row, probs in zip(self.decode(ids), ids.tolist(), max_prob):
+            end = row.index(STRHUB_EOS_ID) + 1 if STRHUB_EOS_ID in row else len(row)
+            results.append((text, float(probs[:end].prod())))
+        return results
+
+
+Tokenizer = CTCTokenizer | AttnTokenizer | StrhubTokenizer
 
 
 def build_tokenizer(config: ModelConfig) -> Tokenizer:
     """The tokenizer matching ``config.prediction`` and ``config.character``."""
-    return CTCTokenizer(config.character) if config.prediction == "CTC" else AttnTokenizer(config.character)
+    if config.prediction == "CTC":
+        return CTCTokenizer(config.character)
+    if config.prediction in ("PARSeq", "ViTSTR"):
+        return StrhubTokenizer(config.character)
+    return AttnTokenizer(config.character)

@@ -15,9 +15,23 @@ from ..registry import register_stage
 from ..tokenizer import BLANK_ID, EOS_ID, GO_ID
 
 
+def resize_rows(linear: nn.Linear, sources: list[int | None], reference: int, margin: float) -> None:
+    """Rows of ``linear`` taken from ``sources`` (old row ids); ``None`` rows (new symbols) copy ``reference`` with
+    its bias lowered by ``margin``, so that they are never the argmax."""
+    index = torch.tensor([reference if k is None else k for k in sources], device=linear.weight.device)
+    weight, bias = linear.weight[index].clone(), linear.bias[index].clone()
+    added = torch.tensor([k is None for k in sources], device=bias.device)
+    bias[added] -= margin
+    linear.weight = nn.Parameter(weight, requires_grad=linear.weight.requires_grad)
+    linear.bias = nn.Parameter(bias, requires_grad=linear.bias.requires_grad)
+    linear.out_features = len(sources)
+
+
 @register_stage("prediction", "CTC")
 class CTCHead(nn.Linear):
     """CTC head: one linear layer per column, blank at index 0. Keys ``Prediction.weight``/``Prediction.bias``."""
+
+    teacher_forced = False  # training does not feed it the labels
 
     @classmethod
     def from_config(cls, config, in_features: int) -> CTCHead:
@@ -26,6 +40,12 @@ class CTCHead(nn.Linear):
     def forward(self, features: torch.Tensor, text: torch.Tensor | None = None) -> torch.Tensor:
         """[B, T, in] -> logits [B, T, num_class]. ``text`` is accepted for a uniform interface and ignored."""
         return super().forward(features)
+
+    @torch.no_grad()
+    def resize_classes(self, sources: list[int | None], margin: float) -> None:
+        """Classes blank + symbols, row i from old class ``sources[i]``; a new symbol (``None``) starts as the
+        blank's row with a bias ``margin`` lower."""
+        resize_rows(self, sources, BLANK_ID, margin)
 
     @staticmethod
     def loss(logits: torch.Tensor, targets: torch.Tensor, lengths: torch.Tensor, baidu: bool = False) -> torch.Tensor:
@@ -78,6 +98,8 @@ class AttentionCell(nn.Module):
 @register_stage("prediction", "Attn")
 class Attention(nn.Module):
     """Attention decoder with one-hot character inputs, ``[GO]`` = 0 and ``[s]`` = 1, as DTRB's."""
+
+    teacher_forced = True  # training feeds it the labels
 
     def __init__(self, input_size: int, hidden_size: int, num_classes: int, batch_max_length: int = 25) -> None:
         super().__init__()
@@ -135,6 +157,23 @@ class Attention(nn.Module):
                 if bool(finished.all()):
                     break
         return torch.stack(step_logits, dim=1)
+
+    @torch.no_grad()
+    def resize_classes(self, sources: list[int | None], margin: float) -> None:
+        """Classes ``[GO]``, ``[s]`` + symbols, class i from old class ``sources[i]``: the generator's rows (a new
+        symbol (``None``) starts as ``[s]``'s row with a bias ``margin`` lower) and the LSTM cell's one-hot input
+        columns (a new symbol's is the mean of the old symbols')."""
+        resize_rows(self.generator, sources, EOS_ID, margin)
+        cell = self.attention_cell.rnn
+        context = cell.input_size - self.num_classes  # the one-hot columns are the last num_classes of weight_ih
+        weight = cell.weight_ih
+        onehot = weight[:, context:]
+        mean = onehot[:, 2 : self.num_classes].mean(dim=1, keepdim=True)  # the old symbols' columns
+        columns = [mean if k is None else onehot[:, k : k + 1] for k in sources]
+        cell.weight_ih = nn.Parameter(torch.cat([weight[:, :context], *columns], dim=1).clone(),
+                                      requires_grad=weight.requires_grad)  # fmt: skip
+        cell.input_size = context + len(sources)
+        self.num_classes = len(sources)
 
     @staticmethod
     def loss(

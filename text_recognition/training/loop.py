@@ -39,8 +39,15 @@ def train(model_config: ModelConfig, data_config: DataConfig, train_config: Trai
     """
     run = start_run(model_config, data_config, train_config)
     build_model_and_optimizer(run)
+    # Resuming: the checkpoint's random generators (restored by load_state) are what the next step draws from
+    # (dropout, PARSeq's permutations), not what building the data left of them (an uninterrupted run built it first).
+    generators = torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
     build_data(run)
     write_run_files(run)
+    if run.resume_dir is not None:
+        torch.set_rng_state(generators[0])
+        if generators[1] is not None:
+            torch.cuda.set_rng_state_all(generators[1])
     bar = progress(total=train_config.num_iter, initial=run.state.iteration, desc="training", unit="it",
                    disable=not run.accelerator.is_local_main_process, every=train_config.log_interval)  # fmt: skip
     run.meter = Throughput()
@@ -94,7 +101,7 @@ def optimizer_step(run: Run) -> str:
         last = number == len(kept) - 1
         with contextlib.nullcontext() if last else accelerator.no_sync(model):
             with accelerator.autocast():
-                logits = model(images, targets if config.prediction == "Attn" else None)
+                logits = model(images, targets if run.unwrapped.teacher_forced else None)
             loss = run.unwrapped.loss(logits, targets, lengths, **run.loss_kwargs)
             accelerator.backward(loss * (accumulation / len(kept)))  # backward divides by `accumulation`
         losses.append((loss.detach().float(), len(batch["labels"])))

@@ -142,7 +142,7 @@ class Run:
     def loss_kwargs(self) -> dict[str, Any]:
         if self.model_config.prediction == "Attn":
             return {"label_smoothing": self.train_config.label_smoothing} if self.train_config.label_smoothing else {}
-        return {"baidu": True} if self.train_config.baidu_ctc else {}
+        return {"baidu": True} if self.train_config.baidu_ctc and self.model_config.prediction == "CTC" else {}
 
     @property
     def total_batch_size(self) -> int:
