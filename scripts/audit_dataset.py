@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from text_recognition.audit import audit, write_audit
 from text_recognition.cli import add_model_arguments, check_model_flags, model_config_from_args, model_values, run
 from text_recognition.config import ModelConfig
-from text_recognition.model import load_model
+from text_recognition.loading import load_model
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -36,8 +36,8 @@ from text_recognition.cli import (
 )
 from text_recognition.data.loaders import build_eval_data
 from text_recognition.evaluation import calibrate, write_temperature
+from text_recognition.loading import is_dtrb_checkpoint, load_model
 from text_recognition.metrics import PROTOCOLS, Protocol
-from text_recognition.model import is_dtrb_checkpoint, load_model
 from text_recognition.onnx_model import sidecar_path, write_onnx_temperature
 
 

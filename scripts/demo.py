@@ -30,7 +30,7 @@ from text_recognition.cli import (
     run,
 )
 from text_recognition.inference import find_images, recognize_files
-from text_recognition.model import is_dtrb_checkpoint, load_model
+from text_recognition.loading import is_dtrb_checkpoint, load_model
 
 LOG_FILE = "log_demo_result.txt"
 

@@ -34,9 +34,14 @@ from text_recognition.cli import (
     run,
 )
 from text_recognition.export import DEFAULT_OPSET, export_onnx, load_check_images, sidecar_path, verify_onnx
-from text_recognition.model import is_dtrb_checkpoint, load_model
+from text_recognition.loading import is_dtrb_checkpoint, load_model
 from text_recognition.onnx_model import OnnxModel
-from text_recognition.quantize import DEFAULT_CALIBRATION_IMAGES, compare_exports, load_calibration_images, quantize_onnx
+from text_recognition.quantize import (
+    DEFAULT_CALIBRATION_IMAGES,
+    compare_exports,
+    load_calibration_images,
+    quantize_onnx,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -48,8 +48,8 @@ from text_recognition.evaluation import (
     write_json,
     write_outputs,
 )
+from text_recognition.loading import is_dtrb_checkpoint, load_model
 from text_recognition.metrics import PROTOCOLS, Protocol
-from text_recognition.model import is_dtrb_checkpoint, load_model
 
 
 def main(argv: Sequence[str] | None = None) -> int:

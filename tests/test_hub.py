@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from text_recognition import ModelConfig, TextRecognitionModel
 from text_recognition.checkpoints import CheckpointMismatchError
 from text_recognition.hub import load_model_card_template
-from text_recognition.model import load_model
+from text_recognition.loading import load_model
 
 SMALL = {"output_channel": 32, "hidden_size": 16}
 

@@ -221,6 +221,9 @@ def test_what_an_export_cannot_do_is_refused(exported, tmp_path, capsys):
         assert [r.confidence for r in got] == pytest.approx([r.confidence for r in expected], rel=1e-4, abs=1e-30)
     assert run(test.main, [*base, "--precision", "int8"]) == 1
     assert "exported in (fp32)" in capsys.readouterr().err
+    with pytest.raises(OnnxModelError, match="--refine_iters cannot apply to .* decodes as it was exported"):
+        onnx.set_decoding(refine_iters=2)
+    onnx.set_decoding()  # nothing asked: nothing to refuse
 
 
 def test_bad_quantization_input(exported, tmp_path, capsys):

@@ -26,7 +26,7 @@ from test_scripts import load_script
 from text_recognition import ModelConfig, TextRecognitionModel
 from text_recognition.cli import parse_train_args, run, train_configs_from_args
 from text_recognition.data import SyntheticWords
-from text_recognition.model import load_model
+from text_recognition.loading import load_model
 from text_recognition.training import TrainingStopped, train
 
 TINY = ["--Transformation", "None", "--FeatureExtraction", "VGG", "--SequenceModeling", "None",

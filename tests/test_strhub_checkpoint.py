@@ -246,7 +246,7 @@ def test_scripts_read_a_strhub_checkpoint_and_take_the_decoding_mode(tmp_path, p
     from test_scripts import load_script
 
     from text_recognition.cli import run
-    from text_recognition.model import load_model
+    from text_recognition.loading import load_model
 
     path, state = parseq_checkpoint
     assert load_model(path).config.stage_string == "None-ViT-None-PARSeq"

@@ -1,7 +1,8 @@
 """text_recognition: DTRB's four-stage scene-text-recognition models, trained and shared the Hugging Face way."""
 
 from .config import CHARSET_36, CHARSET_94, ModelConfig
-from .model import Recognition, TextRecognitionModel, init_dtrb_weights, load_model
+from .loading import load_model
+from .model import Recognition, TextRecognitionModel, init_dtrb_weights
 from .onnx_model import OnnxModel
 from .registry import list_stages
 from .tokenizer import AttnTokenizer, CTCTokenizer, StrhubTokenizer, build_tokenizer

@@ -19,7 +19,7 @@ import yaml
 from .config import DataConfig, ModelConfig, TrainConfig
 from .decoding import DecodingOptions, read_lexicon
 from .fastpath import PRECISIONS, check_precision
-from .model import load_model
+from .loading import load_model
 from .registry import STAGE_KINDS, list_stages
 
 _TYPES = {"str": str, "int": int, "float": float, "bool": bool}

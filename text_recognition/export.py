@@ -59,6 +59,7 @@ from .export_parity import (  # noqa: F401  (all of these were defined here befo
     _sci,
     compare_logits,
     describe_difference,
+    load_check_images,
     describe_near_ties,
     reference_prefix,
 )
@@ -323,52 +324,6 @@ def onnx_metadata(
         "batch_size_dynamic": batch_size_dynamic,
         "model_config": config.to_dict(),
     }
-
-
-def load_check_images(
-    config: ModelConfig, folder: str | os.PathLike | None = None, count: int = 8, skipped: list[str] | None = None
-) -> torch.Tensor:
-    """Preprocessed images [B, input_channel, img_h, img_w] to check an export on.
-
-    Args:
-        config: the model's configuration (sizes, channels, padding).
-        folder: the first ``count`` decodable .jpg/.jpeg/.png images under it, in natural order; an image that does
-            not decode is passed over, as ``scripts/demo.py`` does, and its path and reason appended to ``skipped``.
-            ``None`` renders ``count`` synthetic words (``data.synth.SyntheticWords``, seed 0), which have the sharp
-            edges of real text.
-        count: how many images.
-        skipped: a list to append ``"path: reason"`` to, for each image passed over.
-
-    Raises:
-        ValueError: ``folder`` has no image, or none decodes.
-        NotADirectoryError: ``folder`` does not exist.
-    """
-    from .transforms import load_image, preprocess
-
-    if folder is None:
-        from .data.synth import SyntheticWords
-
-        synth = SyntheticWords(rgb=config.input_channel == 3, seed=0)
-        return preprocess([synth.render(i)[0] for i in range(count)], config)
-    from .inference import find_images
-
-    paths = find_images(folder)
-    if not paths:
-        raise ValueError(f"No .jpg/.jpeg/.png images under {os.fspath(folder)!r} to check the export on.")
-    images, passed_over = [], []
-    for path in paths:
-        try:
-            images.append(load_image(path, config.input_channel))
-        except (ValueError, OSError) as error:
-            passed_over.append(f"{path}: {error}")
-        if len(images) == count:
-            break
-    if skipped is not None:
-        skipped.extend(passed_over)
-    if not images:
-        raise ValueError(f"None of the {len(paths)} images under {os.fspath(folder)!r} could be decoded to check the "
-                         f"export on (the first: {passed_over[0]}).")  # fmt: skip
-    return preprocess(images, config)
 
 
 def _opset_of(path: Path) -> int:

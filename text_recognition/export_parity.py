@@ -19,6 +19,8 @@ The rule (``compare_logits``), for onnxruntime's logits [B, T, C] against PyTorc
    common path, a branch passes only where PyTorch's two logits there (its symbol's and onnxruntime's) are within
    ``2 * atol``: a near-tie that rounding may flip. Each is reported as a ``NearTie``; anything else that differs is
    reported as the first (image, step, class) beyond ``atol``.
+
+``load_check_images`` gives the images such a check runs on (a folder of word images, or rendered words).
 """
 
 from __future__ import annotations
@@ -30,9 +32,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .config import ModelConfig
 from .model import TextRecognitionModel
 from .onnx_model import INSTALL_HINT, OnnxUnavailableError, _import_onnxruntime  # noqa: F401  (defined here before)
 from .tokenizer import GO_ID
+
 
 class OnnxMismatchError(ValueError):
     """onnxruntime's logits differ from PyTorch's beyond the tolerance (under the rule of ``compare_logits``).
@@ -217,3 +221,49 @@ def describe_near_ties(parity: Parity, tokens: list[str], prediction: str, atol:
         f"Greedy decoding chose another symbol at a near-tie (float32 rounding, not an export error: accepted "
         f"while the two logits are within 2 x the tolerance, {_sci(2 * atol)}): {ties}{after}."
     )
+
+
+def load_check_images(
+    config: ModelConfig, folder: str | os.PathLike | None = None, count: int = 8, skipped: list[str] | None = None
+) -> torch.Tensor:
+    """Preprocessed images [B, input_channel, img_h, img_w] to check an export on.
+
+    Args:
+        config: the model's configuration (sizes, channels, padding).
+        folder: the first ``count`` decodable .jpg/.jpeg/.png images under it, in natural order; an image that does
+            not decode is passed over, as ``scripts/demo.py`` does, and its path and reason appended to ``skipped``.
+            ``None`` renders ``count`` synthetic words (``data.synth.SyntheticWords``, seed 0), which have the sharp
+            edges of real text.
+        count: how many images.
+        skipped: a list to append ``"path: reason"`` to, for each image passed over.
+
+    Raises:
+        ValueError: ``folder`` has no image, or none decodes.
+        NotADirectoryError: ``folder`` does not exist.
+    """
+    from .transforms import load_image, preprocess
+
+    if folder is None:
+        from .data.synth import SyntheticWords
+
+        synth = SyntheticWords(rgb=config.input_channel == 3, seed=0)
+        return preprocess([synth.render(i)[0] for i in range(count)], config)
+    from .inference import find_images
+
+    paths = find_images(folder)
+    if not paths:
+        raise ValueError(f"No .jpg/.jpeg/.png images under {os.fspath(folder)!r} to check the export on.")
+    images, passed_over = [], []
+    for path in paths:
+        try:
+            images.append(load_image(path, config.input_channel))
+        except (ValueError, OSError) as error:
+            passed_over.append(f"{path}: {error}")
+        if len(images) == count:
+            break
+    if skipped is not None:
+        skipped.extend(passed_over)
+    if not images:
+        raise ValueError(f"None of the {len(paths)} images under {os.fspath(folder)!r} could be decoded to check the "
+                         f"export on (the first: {passed_over[0]}).")  # fmt: skip
+    return preprocess(images, config)

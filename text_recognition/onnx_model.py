@@ -287,6 +287,14 @@ class OnnxModel:
 
     __call__ = logits
 
+    def set_decoding(self, decode_ar: bool | None = None, refine_iters: int | None = None) -> None:
+        """``--decode_ar`` / ``--refine_iters``: a decoding mode is part of an exported graph; none can be set."""
+        given = [f"--{name}" for name, value in (("decode_ar", decode_ar), ("refine_iters", refine_iters))
+                 if value is not None]  # fmt: skip
+        if given:
+            raise OnnxModelError(f"{' and '.join(given)} cannot apply to {str(self.path)!r}: an exported graph "
+                                 f"decodes as it was exported. Leave them out.")  # fmt: skip
+
     def loss(self, logits: torch.Tensor, targets: torch.Tensor, lengths: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         """The head's loss (CTC or cross-entropy, as the PyTorch model computes it) on the graph's logits."""
         return stage_class("prediction", self.config.prediction).loss(logits, targets, lengths, **kwargs)

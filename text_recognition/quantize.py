@@ -111,7 +111,7 @@ def load_calibration_images(
 
     if path.is_dir() and not _has_images(path) and find_sources(path):
         return _images_from_lmdb(config, path, count)
-    from .export import load_check_images
+    from .export_parity import load_check_images
 
     try:
         return load_check_images(config, path, count, skipped=skipped)

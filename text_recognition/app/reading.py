@@ -16,7 +16,8 @@ from PIL import Image, UnidentifiedImageError
 from ..decoding import DecodingOptions
 from ..fastpath import PRECISIONS, check_precision
 from ..hub import charset_description, is_repo_id
-from ..model import TextRecognitionModel, load_model
+from ..loading import load_model
+from ..model import TextRecognitionModel
 from ..onnx_model import check_onnx_speed_options
 from ..transforms import ImageInput, load_image
 from .pictures import seen_picture, steps_picture

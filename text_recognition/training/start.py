@@ -26,7 +26,8 @@ from ..data.loaders import (
 )
 from ..data.synth_source import SYNTH, SynthSource, synth_options
 from ..fastpath import compile_encoder
-from ..model import TextRecognitionModel, load_model
+from ..loading import load_model
+from ..model import TextRecognitionModel
 from .distributed import main_process_first, main_reports
 from .hub_push import HubPusher
 from .optim import EMA, build_optimizer, build_scheduler, enable_cpu_fp16, freeze_stages, warn_slow_precision
