@@ -25,7 +25,7 @@ at once and look fast).
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import sys
 import time
 from functools import partial
 from pathlib import Path
@@ -36,15 +36,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from text_recognition import ModelConfig, TextRecognitionModel
 from text_recognition.fastpath import autocast
 
-
-def _load(name: str, filename: str):
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent / filename)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-timing = _load("benchmark_timing", "_timing.py")
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark modules
+import _timing as timing  # noqa: E402
 
 STRHUB = {"input_channel": 3, "img_h": 32, "img_w": 128, "character": "94_full"}
 MODELS = {
