@@ -32,15 +32,7 @@ def read_dtrb_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle, zip and weights-only errors all mean "not a DTRB state dict"
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
-        # torch's weights-only message starts with advice to disable the check; show the actual reason instead.
-        marker = [i for i, line in enumerate(lines) if "WeightsUnpickler error:" in line]
-        if marker:
-            after = lines[marker[0]].split("WeightsUnpickler error:", 1)[1].strip()
-            reason = after or (lines[marker[0] + 1] if marker[0] + 1 < len(lines) else lines[0])
-        else:
-            reason = lines[0]
-        reason = reason.split(". ")[0].rstrip(".")
+        reason = _torch_load_reason(error)  # torch's own message starts with advice to disable the check
         raise ValueError(
             f"Cannot read {str(path)!r} as a DTRB checkpoint: torch.load(weights_only=True) refused it ({reason}). "
             f"A DTRB .pth is a plain state dict of tensors saved with torch.save(model.state_dict())."
