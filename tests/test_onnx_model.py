@@ -211,7 +211,7 @@ def test_what_an_export_cannot_do_is_refused(exported, tmp_path, capsys):
         with pytest.raises(OnnxModelError, match="needs its decoder step by step"):
             onnx.recognize(images[:1], beam_width=3)
         assert run(test.main, [*base, "--allowlist", "abc"]) == 1
-        assert "constrained decoding (allowlist, blocklist, lexicon or pattern) of an attention model" in \
+        assert "constrained decoding (allowlist, blocklist, lexicon or pattern) with the Attn head" in \
             capsys.readouterr().err  # fmt: skip
     else:  # CTC beam search and constraints decode the graph's logits as PyTorch's
         model = TextRecognitionModel.from_pretrained(folder)
@@ -353,3 +353,69 @@ def test_an_exports_results_go_beside_the_models_on_its_card():
     configs = {r.metric_config: r.metric_value for r in card.data.eval_results}
     assert configs == {"dtrb": 87.45, "dtrb; onnxruntime int8": 87.1}
     assert "| IIIT5k_3000 | onnxruntime int8 | 3000 | 87.100 |" in card.text
+
+
+# ---- PARSeq and ViTSTR (issue 19): strhub's ids in the graph and the sidecar ---------------------------------------
+
+
+def _strhub_model(head: str) -> TextRecognitionModel:
+    """A small ViT model; its head scaled (wide margins) and ``[E]`` given the row of 'g' with a higher bias, so
+    that readings end."""
+    torch.manual_seed(0)
+    config = ModelConfig("None", "ViT", "None", head, img_w=64, embed_dim=32, encoder_depth=1, encoder_heads=2,
+                         batch_max_length=10, **({"decoder_heads": 2} if head == "PARSeq" else {}))  # fmt: skip
+    model = TextRecognitionModel(config)
+    model.init_weights()
+    linear = model.Prediction.head
+    with torch.no_grad():
+        linear.weight.mul_(30.0)
+        g = model.tokenizer.char_to_id["g"]
+        linear.weight[0], linear.bias[0] = linear.weight[g], linear.bias[g] + 2.0
+    return model.eval()
+
+
+@pytest.mark.parametrize("head", ["PARSeq", "ViTSTR"])
+def test_parseq_and_vitstr_exports_are_models(head, tmp_path, capsys):
+    """Exported, evaluated, read, searched (ViTSTR) and quantized like the DTRB heads; strhub's ids throughout."""
+    model = _strhub_model(head)
+    synth = SyntheticWords(seed=5, max_length=8)
+    images = [synth.render(i)[0] for i in range(NUM_WORDS)]
+    with torch.no_grad():
+        logits = model(preprocess(images, model.config))
+    readings = model.recognize(images)
+    kept = [(image, r.text) for image, r, tie in zip(images, readings, near_tie_rows(logits, eos_id=0))
+            if r.text and not tie and len(r.text) <= model.config.batch_max_length]  # fmt: skip
+    assert len(kept) >= 5
+    images = [image for image, _ in kept]
+    write_lmdb([(_encode_png(image), text) for image, text in kept], tmp_path / "data" / "words")
+    model.save_pretrained(tmp_path / "model")
+    path = export_onnx(model, tmp_path / "model.onnx")
+    meta = json.loads(sidecar_path(path).read_text())
+    assert meta["special_tokens"] == {"[E]": 0} and meta["tokens"][:2] == ["[E]", "0"]
+    assert "cut before the first [E] (id 0)" in meta["decoding"] and meta["sequence_length"] == 11
+
+    reports = tmp_path / "reports"  # not beside the export: its report would be named as its sidecar
+    reports.mkdir()
+    pytorch, onnx = (_evaluate(saved, tmp_path / "data", reports) for saved in (tmp_path / "model", path))
+    assert pytorch["datasets"]["words"]["accuracy"] == 100.0
+    for key in ("num_samples", "accuracy", "norm_ED", "mean_confidence"):
+        assert onnx["datasets"]["words"][key] == pytest.approx(pytorch["datasets"]["words"][key], rel=1e-5), key
+    exported = load_model(path)
+    got, expected = exported.recognize(images, batch_size=5), model.recognize(images)
+    assert [r.text for r in got] == [r.text for r in expected]
+    assert [r.confidence for r in got] == pytest.approx([r.confidence for r in expected], rel=1e-4)
+    options = {"beam_width": 3, "allowlist": "abcdefghijklm"}
+    if head == "ViTSTR":  # independent slots: the search runs on the graph's logits as on PyTorch's
+        got, expected = exported.recognize(images, **options), model.recognize(images, **options)
+        assert [r.text for r in got] == [r.text for r in expected]
+    else:
+        with pytest.raises(OnnxModelError, match="with the PARSeq head needs its decoder step by step"):
+            exported.recognize(images, **options)
+
+    int8 = tmp_path / "model_int8.onnx"
+    quantize_onnx(path, int8, load_calibration_images(model.config, "synth", 16), calibration_source="synth")
+    kept_fp32 = json.loads(sidecar_path(int8).read_text())["quantization"]["fp32_nodes"]
+    assert kept_fp32["first_convolution"] == ["/FeatureExtraction/patch_embed/proj/Conv"]
+    assert kept_fp32["classifier"][0] == "/Prediction/head/MatMul"
+    result = _evaluate(int8, tmp_path / "data", reports)
+    assert result["run_by"] == "onnxruntime int8" and result["datasets"]["words"]["num_samples"] == len(kept)

@@ -143,7 +143,7 @@ def prepared(command: str) -> str:
     for script, extra in EXTRA_ARGS.items():
         if f"{script} " in command or command.endswith(script):
             command += f" {extra}"
-    synthetic_only = "--select_data synth " in command or "recipes/pretrain_synth.yaml" in command
+    synthetic_only = "--select_data synth " in command or re.search(r"recipes/pretrain_(synth|parseq)\.yaml", command)
     if "scripts/train.py" in command and synthetic_only and "--valid_data" not in command:
         command += " --synth_valid_samples 16"  # it validates on 1,000 rendered words; a handful shows the same path
     return command

@@ -204,10 +204,6 @@ def test_decoding_mode_is_settable_and_checked(tmp_path):
     vitstr = tiny_model("None-ViT-None-ViTSTR")
     with pytest.raises(ValueError, match="--refine_iters set.*ViTSTR reads every position at once"):
         vitstr.set_decoding(refine_iters=1)
-    with pytest.raises(ValueError, match="not available for PARSeq and ViTSTR yet"):
-        model.recognize([np.zeros((32, 64, 3), dtype=np.uint8)], beam_width=3)
-    with pytest.raises(ValueError, match="not available for PARSeq and ViTSTR yet"):
-        model.decoder(DecodingOptions(allowlist="0123"))
 
 
 @pytest.mark.parametrize("stage_string", ["None-ViT-None-PARSeq", "None-ViT-None-ViTSTR"])
@@ -292,13 +288,52 @@ def test_strhub_tokenizer_ids_and_confidence():
     assert conf1 == pytest.approx(float(probs[1].prod()))
 
 
-@pytest.mark.parametrize("stage_string", ["None-ViT-None-PARSeq", "None-ViT-None-ViTSTR"])
-def test_onnx_export_of_the_new_heads_is_refused_not_written_wrong(stage_string, tmp_path):
-    """The sidecar's decoding rules and the unrolled greedy loop are DTRB's: a PARSeq or ViTSTR graph would be read
-    with [GO]/[s] ids. Refused until written for them."""
-    pytest.importorskip("onnx")
-    from text_recognition.export import OnnxExportError, export_onnx
+def sharpened(stage_string: str, **kwargs) -> TextRecognitionModel:
+    """A tiny model whose classifier is scaled up: an untrained head's nearly uniform logits become decisive, so
+    that readings and searches differ from one image to the next."""
+    model = tiny_model(stage_string, **kwargs).eval()
+    with torch.no_grad():
+        model.Prediction.head.weight.mul_(30)
+    return model
 
-    with pytest.raises(OnnxExportError, match=r"ONNX export of (PARSeq|ViTSTR) heads is not supported yet"):
-        export_onnx(tiny_model(stage_string), tmp_path / "model.onnx")
-    assert not (tmp_path / "model.onnx").exists()
+
+@pytest.mark.parametrize("stage_string", ["None-ViT-None-PARSeq", "None-VGG-BiLSTM-PARSeq", "None-ViT-None-ViTSTR"])
+def test_beam_search_and_constraints(stage_string):
+    """Width 1 under a constraint that allows everything is greedy decoding (PARSeq: autoregressive, without
+    refinement), text and confidence; a wider beam finds a reading at least as probable; a lexicon or a pattern is
+    obeyed; the confidence keeps strhub's meaning (the [E] included)."""
+    model = sharpened(stage_string, **({"refine_iters": 0} if "PARSeq" in stage_string else {}))
+    images = batch(6, seed=1)
+    greedy = model.recognize_batch(images)
+    width_one = model.recognize_batch(images, model.decoder(DecodingOptions(blocklist="")))
+    assert [r.text for r in width_one] == [r.text for r in greedy]
+    assert [r.confidence for r in width_one] == pytest.approx([r.confidence for r in greedy], rel=1e-5)
+    wide = model.recognize_batch(images, model.decoder(DecodingOptions(beam_width=4)))
+    assert all(w.confidence >= g.confidence * (1 - 1e-5) for w, g in zip(wide, greedy, strict=True))
+    lexicon = ("ab", "hello", "z1")
+    for r in model.recognize_batch(images, model.decoder(DecodingOptions(beam_width=3, lexicon=lexicon))):
+        assert r.text in lexicon and 0 < r.confidence < 1 and not r.abstained
+    for r in model.recognize_batch(images, model.decoder(DecodingOptions(beam_width=2, pattern=r"[0-9]{2,4}"))):
+        assert r.text.isdigit() and 2 <= len(r.text) <= 4
+    # a constrained reading's confidence is the model's probability of that text, [E] included
+    [r] = model.recognize_batch(images[:1], model.decoder(DecodingOptions(lexicon=("z1",))))
+    ids, _ = model.tokenizer.encode(["z1"], model.config.batch_max_length)
+    with torch.no_grad():
+        features = model.encode(images[:1])
+        if stage_string.endswith("ViTSTR"):
+            logits = model.Prediction(features)[:, :3]
+        else:
+            logits = model.Prediction.forced(features, ids[:, 1:4])
+    probs = logits.softmax(-1)[0]
+    assert r.confidence == pytest.approx(float(probs[0, ids[0, 1]] * probs[1, ids[0, 2]] * probs[2, 0]), rel=1e-4)
+
+
+def test_parseq_refinement_is_left_out_of_the_search():
+    """Search runs the autoregressive decoder without refinement, whatever the mode: a refined reading could leave
+    the lexicon. Greedy decoding keeps the configured mode."""
+    refined, plain = sharpened("None-ViT-None-PARSeq", refine_iters=2), sharpened("None-ViT-None-PARSeq", refine_iters=0)
+    nar = sharpened("None-ViT-None-PARSeq", decode_ar=False)
+    images = batch(4, seed=2)
+    searched = [model.recognize_batch(images, model.decoder(DecodingOptions(beam_width=3)))
+                for model in (refined, plain, nar)]  # fmt: skip
+    assert searched[0] == searched[1] == searched[2]

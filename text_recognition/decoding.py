@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 # Constraint and read_lexicon are imported from here too, as before constraints.py held them.
 from .constraints import Constraint, build_constraint, read_lexicon  # noqa: F401
-from .tokenizer import BLANK_ID, EOS_ID, GO_ID, StrhubTokenizer
+from .tokenizer import BLANK_ID, EOS_ID, GO_ID, STRHUB_EOS_ID, StrhubTokenizer
 
 if TYPE_CHECKING:
     from .stages.prediction import Attention
@@ -139,32 +139,37 @@ class Decoder:
     """Decodes a model's outputs under ``DecodingOptions``; built once per option set and reused across batches.
 
     Args:
-        tokenizer: the model's tokenizer (CTC or attention).
+        tokenizer: the model's tokenizer (CTC, attention, or strhub's for PARSeq and ViTSTR).
         options: the decoding options.
         max_length: the longest text allowed (the model's ``batch_max_length``).
         temperature: logits are divided by it before the softmax (the model's calibrated ``temperature``).
+        prediction: the model's head (``config.prediction``); ``"ViTSTR"`` lets ``decode_logits`` search its
+            logits, whose slots are independent.
     """
 
     def __init__(self, tokenizer: Tokenizer, options: DecodingOptions, max_length: int,
-                 temperature: float = 1.0) -> None:  # fmt: skip
-        if not options.is_greedy and isinstance(tokenizer, StrhubTokenizer):
-            raise ValueError("Beam search and constraints (--beam_width, --allowlist, --blocklist, --lexicon, "
-                             "--pattern) are not available for PARSeq and ViTSTR yet: decode greedily (beam width 1, "
-                             "no constraints; --min_confidence works).")  # fmt: skip
+                 temperature: float = 1.0, prediction: str | None = None) -> None:  # fmt: skip
         self.tokenizer = tokenizer
         self.options = options
         self.temperature = temperature
         self.constraint = build_constraint(tokenizer.character, options, max_length)
         self.offset = len(tokenizer.special_tokens)  # class id = charset position + offset
         self.is_ctc = tokenizer.special_tokens == ("[CTCblank]",)
+        self.is_strhub = isinstance(tokenizer, StrhubTokenizer)
+        self.slot_wise = prediction == "ViTSTR"
+        self.eos_id = STRHUB_EOS_ID if self.is_strhub else EOS_ID
 
     def decode_logits(self, logits: torch.Tensor) -> list[Recognition]:
-        """CTC logits [B, T, C], or attention logits of a greedy run (greedy options only for attention)."""
+        """Logits [B, T, C]: CTC's or ViTSTR's, searched as options say, or the greedy run of a decoder that feeds
+        its output back (attention, PARSeq: greedy options only, their search needs ``decode``)."""
         if self.options.is_greedy:
             scaled = logits if self.temperature == 1.0 else logits / self.temperature
             return self._abstain([Recognition(*r) for r in self.tokenizer.decode_with_confidence(scaled)])
+        if self.slot_wise:  # ViTSTR: no step depends on another
+            return self._abstain(self._slot_beam(logits))
         if not self.is_ctc:
-            raise ValueError("Attention beam search and constraints decode from encoder features: use decode().")
+            raise ValueError("Beam search and constraints of attention and PARSeq decode from encoder features: use "
+                             "decode().")  # fmt: skip
         log_probs = (logits.detach().float() / self.temperature).log_softmax(2).cpu().numpy()
         return self._abstain([self._ctc_beam(row) for row in log_probs])
 
@@ -174,6 +179,10 @@ class Decoder:
             return self.decode_logits(head(features))
         if self.options.is_greedy:
             return self.decode_logits(head(features, None, stop_at_eos=True))
+        if hasattr(head, "step_logits"):  # PARSeq
+            return self._abstain(self._parseq_beam(head, features))
+        if not getattr(head, "teacher_forced", True):  # ViTSTR
+            return self._abstain(self._slot_beam(head(features)))
         return self._abstain(self._attention_beam(head, features))
 
     def _abstain(self, results: list[Recognition]) -> list[Recognition]:
@@ -229,22 +238,77 @@ class Decoder:
         text = "".join(self.tokenizer.character[p] for p in prefix)
         return Recognition(text, math.exp(ctc_best_path_log_prob(log_probs, [p + 1 for p in prefix])))
 
-    # -- attention --
+    # -- attention, PARSeq, ViTSTR: a beam over steps, each step's distribution given the beam's text so far --
 
     @torch.no_grad()
     def _attention_beam(self, head: Attention, features: torch.Tensor) -> list[Recognition]:
-        """Beam search through the attention decoder, all images' beams in one batch [B * K]."""
-        width, constraint = self.options.beam_width, self.constraint
-        batch, num_classes = features.size(0), head.num_classes
-        device = features.device
+        """Beam search through DTRB's attention decoder, every image's beams in one batch [B * K]; the hidden
+        state follows each beam."""
+        width, batch = self.options.beam_width, features.size(0)
         batch_H = features.repeat_interleave(width, dim=0)
         batch_H_proj = head.attention_cell.i2h(batch_H)
         zeros = batch_H.new_zeros(batch * width, head.hidden_size)
-        hidden = (zeros, zeros.clone())
-        tokens = torch.full((batch * width,), GO_ID, dtype=torch.long, device=device)
+        state = {"hidden": (zeros, zeros.clone())}
+        first_input = torch.full((batch * width,), GO_ID, dtype=torch.long, device=features.device)
+
+        def step_logits(rows: torch.Tensor | None, tokens: torch.Tensor | None) -> torch.Tensor:
+            hidden = state["hidden"]
+            if rows is not None:
+                hidden = (hidden[0][rows], hidden[1][rows])
+            onehots = F.one_hot(first_input if tokens is None else tokens, head.num_classes).to(batch_H.dtype)
+            hidden, _ = head.attention_cell(hidden, batch_H, onehots, batch_H_proj)
+            state["hidden"] = hidden
+            return head.generator(hidden[0])
+
+        return self._beam_search(batch, head.num_classes, head.batch_max_length + 1, step_logits, features.device)
+
+    @torch.no_grad()
+    def _parseq_beam(self, head: torch.nn.Module, memory: torch.Tensor) -> list[Recognition]:
+        """Beam search through PARSeq's autoregressive decoder (whatever ``decode_ar`` says, and without
+        refinement, which could undo a constraint): each step reads the beam's text so far."""
+        width, batch = self.options.beam_width, memory.size(0)
+        memory = memory.repeat_interleave(width, dim=0)
+        state = {"prefix": memory.new_zeros((batch * width, 0), dtype=torch.long)}
+
+        def step_logits(rows: torch.Tensor | None, tokens: torch.Tensor | None) -> torch.Tensor:
+            prefix = state["prefix"]
+            if rows is not None:
+                prefix = torch.cat([prefix[rows], tokens[:, None]], dim=1)
+            state["prefix"] = prefix
+            return head.step_logits(memory, prefix)
+
+        return self._beam_search(batch, head.num_classes, head.batch_max_length + 1, step_logits, memory.device)
+
+    @torch.no_grad()
+    def _slot_beam(self, logits: torch.Tensor) -> list[Recognition]:
+        """Beam search over ViTSTR's logits [B, T, C]: its slots are read at once, so each step's distribution is
+        the slot's own, whatever came before."""
+        batch, steps, num_classes = logits.shape
+        width = self.options.beam_width
+
+        def step_logits(rows: torch.Tensor | None, tokens: torch.Tensor | None) -> torch.Tensor:
+            step = state["step"]
+            state["step"] += 1
+            return logits[:, step].repeat_interleave(width, dim=0)
+
+        state = {"step": 0}
+        return self._beam_search(batch, num_classes, steps, step_logits, logits.device)
+
+    def _beam_search(self, batch: int, num_classes: int, num_steps: int, step_logits,
+                     device: torch.device) -> list[Recognition]:  # fmt: skip
+        """The beam search the step-wise heads share, under the constraint automaton.
+
+        ``step_logits(rows, tokens)`` gives the next step's logits [B * K, C] for every beam, after moving the
+        decoder's state to follow the beams kept: ``rows`` [B * K] is the beam each new beam continues and
+        ``tokens`` [B * K] the class it appended (both ``None`` at the first step). A finished beam is carried as
+        it is. The confidence is the product of the probabilities of the emitted symbols, and for strhub's heads
+        of their ``[E]`` too, as their greedy confidence is (DTRB's attention: 0.0 for an empty text).
+        """
+        width, constraint = self.options.beam_width, self.constraint
+        eos, counts_end = self.eos_id, self.is_strhub
         scores = np.full((batch, width), NEG_INF)
         scores[:, 0] = 0.0  # all beams start identical: keep one
-        confidences = np.zeros((batch, width))  # log-probability of the emitted symbols, [s] excluded
+        confidences = np.zeros((batch, width))  # log-probability of the emitted symbols
         finished = np.zeros((batch, width), dtype=bool)
         states = [[constraint.start if constraint is not None else None] * width for _ in range(batch)]
         texts: list[list[list[int]]] = [[[] for _ in range(width)] for _ in range(batch)]
@@ -256,18 +320,16 @@ class Decoder:
                 mask = np.zeros(num_classes, dtype=bool)
                 if constraint is None:
                     mask[self.offset :] = True
-                    mask[EOS_ID] = True
+                    mask[eos] = True
                 else:
                     mask[[p + self.offset for p in constraint.moves(state)]] = True
-                    mask[EOS_ID] = constraint.accepts(state)
+                    mask[eos] = constraint.accepts(state)
                 mask_cache[state] = mask
             return mask
 
-        num_steps = head.batch_max_length + 1
-        for step in range(num_steps):
-            onehots = F.one_hot(tokens, num_classes).to(batch_H.dtype)
-            hidden, _ = head.attention_cell(hidden, batch_H, onehots, batch_H_proj)
-            logits = head.generator(hidden[0]).float() / self.temperature
+        rows = tokens = None
+        for _ in range(num_steps):
+            logits = step_logits(rows, tokens).float() / self.temperature
             log_probs = logits.log_softmax(1).cpu().numpy().reshape(batch, width, num_classes)
             candidates = np.full((batch, width, num_classes), NEG_INF)
             for b in range(batch):
@@ -275,7 +337,7 @@ class Decoder:
                     if scores[b, k] == NEG_INF:
                         continue
                     if finished[b, k]:
-                        candidates[b, k, EOS_ID] = scores[b, k]  # a finished beam stays as it is
+                        candidates[b, k, eos] = scores[b, k]  # a finished beam stays as it is
                         continue
                     mask = allowed(states[b][k])
                     candidates[b, k, mask] = scores[b, k] + log_probs[b, k, mask]
@@ -292,8 +354,12 @@ class Decoder:
                     src, tok = int(source_beam[b, k]), int(token[b, k])
                     state, text = states[b][src], texts[b][src]
                     new_conf[b, k] = confidences[b, src]
-                    if tok == EOS_ID or finished[b, src]:
+                    if finished[b, src]:
                         new_finished[b, k] = True
+                    elif tok == eos:
+                        new_finished[b, k] = True
+                        if counts_end:
+                            new_conf[b, k] += log_probs[b, src, tok]
                     elif new_scores[b, k] != NEG_INF:
                         position = tok - self.offset
                         state = constraint.moves(state)[position] if constraint is not None else None
@@ -304,12 +370,11 @@ class Decoder:
                 new_states.append(row_states)
                 new_texts.append(row_texts)
             scores, states, texts, confidences, finished = new_scores, new_states, new_texts, new_conf, new_finished
-            reorder = torch.as_tensor((np.arange(batch)[:, None] * width + source_beam).reshape(-1), device=device)
-            hidden = (hidden[0][reorder], hidden[1][reorder])
+            rows = torch.as_tensor((np.arange(batch)[:, None] * width + source_beam).reshape(-1), device=device)
             tokens = torch.as_tensor(token.reshape(-1), device=device)
             if bool(np.all(finished | (scores == NEG_INF))):
                 break
-        # out of steps without [s]: the text stands as it is (as in greedy decoding) where the constraints accept it
+        # out of steps without an end: the text stands as it is (as in greedy decoding) where the constraints accept it
         for b in range(batch):
             for k in range(width):
                 if not finished[b, k] and (constraint is None or constraint.accepts(states[b][k])):
@@ -322,7 +387,8 @@ class Decoder:
                 results.append(Recognition("", 0.0, True))
                 continue
             text = "".join(self.tokenizer.character[p] for p in texts[b][best])
-            results.append(Recognition(text, float(np.exp(confidences[b, best])) if text else 0.0))
+            confidence = float(np.exp(confidences[b, best])) if text or counts_end else 0.0
+            results.append(Recognition(text, confidence))
         return results
 
 

@@ -1,9 +1,12 @@
 """ONNX export of ``TextRecognitionModel``: ``pixel_values`` [B, C, img_h, img_w] -> ``logits`` [B, T, num_class].
 
-The graph computes what ``model(pixel_values)`` computes: CTC logits per feature column, or, for attention, DTRB's
-greedy decoding of ``batch_max_length + 1`` steps with each step's argmax fed back as a one-hot, unrolled by tracing
-(no ONNX ``Loop``: DTRB always ran the fixed number of steps). Turning ids into text is left to the consumer; the
-sidecar ``<name>.onnx.json`` gives the charset, the special tokens and the preprocessing.
+The graph computes what ``model(pixel_values)`` computes: CTC logits per feature column, ViTSTR's slots, or, for
+attention, DTRB's greedy decoding of ``batch_max_length + 1`` steps with each step's argmax fed back as a one-hot,
+unrolled by tracing (no ONNX ``Loop``: DTRB always ran the fixed number of steps). PARSeq's decoding is unrolled the
+same way in its mode (``decode_ar``, ``refine_iters``), every autoregressive step run (PyTorch stops once every row
+has read ``[E]``; the steps after a row's ``[E]`` are never read, and refinement masks them). Turning ids into text
+is left to the consumer; the sidecar ``<name>.onnx.json`` gives the charset, the special tokens (strhub's ``[E]`` =
+0 for PARSeq and ViTSTR) and the preprocessing.
 
 The TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``) is used: it needs no ``onnxscript`` and
 handles every DTRB construct but one. PyTorch deprecates it (a ``DeprecationWarning`` since 2.9, silenced here) in
@@ -61,11 +64,12 @@ from .export_parity import (  # noqa: F401  (all of these were defined here befo
     describe_difference,
     load_check_images,
     describe_near_ties,
+    full_logits,
     reference_prefix,
 )
 from .model import TextRecognitionModel, expected_sequence_length
 from .onnx_model import SIDECAR_FORMAT, file_sha256, sidecar_path, write_sidecar  # noqa: F401  (sidecar_path: was here)
-from .tokenizer import BLANK_ID, EOS_ID, GO_ID
+from .tokenizer import BLANK_ID, EOS_ID, GO_ID, STRHUB_EOS_ID
 
 INPUT_NAME = "pixel_values"
 OUTPUT_NAME = "logits"
@@ -73,8 +77,8 @@ DEFAULT_OPSET = 17
 MIN_OPSET_TPS = 16  # ONNX GridSample
 SIDECAR_FORMAT_VERSION = 2  # 2: onnx_sha256, precision and quantization (version 1 files are still read)
 
-#: Prediction heads whose graph and sidecar this exporter writes (PARSeq's and ViTSTR's ids and loops differ).
-EXPORTABLE_HEADS = ("CTC", "Attn")
+#: Prediction heads this exporter writes a graph and a sidecar for.
+EXPORTABLE_HEADS = ("CTC", "Attn", "PARSeq", "ViTSTR")
 
 # The stage prefixes verify_onnx exports on their own to find a faulty stage, in model order.
 STAGES = ("Transformation", "FeatureExtraction", "SequenceModeling", "Prediction")
@@ -135,11 +139,12 @@ class OnnxExportModule(nn.Module):
         x = self.model.FeatureExtraction(x)  # [B, oc, H', W']
         if self.until == "FeatureExtraction":
             return x
-        x = x.mean(dim=2).permute(0, 2, 1)  # [B, oc, H', W'] -> [B, W', oc]: the model's AdaptiveAvgPool
+        if not getattr(self.model.FeatureExtraction, "outputs_sequence", False):  # a ViT's tokens go on as they are
+            x = x.mean(dim=2).permute(0, 2, 1)  # [B, oc, H', W'] -> [B, W', oc]: the model's AdaptiveAvgPool
         x = self.model.SequenceModeling(x)  # [B, T, F]
         if self.until == "SequenceModeling":
             return x
-        return self.model.Prediction(x)  # [B, T, num_class]; Attn: greedy over batch_max_length + 1 steps
+        return full_logits(self.model.Prediction, x)  # [B, T, num_class]; Attn, PARSeq: every step, greedy
 
 
 def _export_copy(model: TextRecognitionModel) -> TextRecognitionModel:
@@ -232,11 +237,8 @@ def export_onnx(
     if not isinstance(model, TextRecognitionModel):
         raise TypeError(f"export_onnx expects a TextRecognitionModel, got {type(model).__name__}.")
     if model.config.prediction not in EXPORTABLE_HEADS:
-        raise OnnxExportError(
-            f"ONNX export of {model.config.prediction} heads is not supported yet (only {', '.join(EXPORTABLE_HEADS)}): "
-            f"the sidecar's decoding rules and the graph's decoding loop are written for DTRB's heads. Evaluate and "
-            f"read the model folder with PyTorch."
-        )
+        raise OnnxExportError(f"ONNX export of {model.config.prediction} heads is not supported (only "
+                              f"{', '.join(EXPORTABLE_HEADS)}): evaluate and read the model folder with PyTorch.")
     if model.config.transformation == "TPS" and opset < MIN_OPSET_TPS:
         raise ValueError(
             f"TPS models need ONNX opset >= {MIN_OPSET_TPS} (GridSample, which TPS's grid_sample becomes), got "
@@ -285,11 +287,19 @@ def onnx_metadata(
         special = {"[CTCblank]": BLANK_ID}
         text = "CTC greedy: argmax per step, merge repeats, then drop the blank (id 0); symbol j has id j + 1."
         confidence = "product over all steps of the max of softmax(logits / temperature)"
-    else:
+    elif config.prediction == "Attn":
         special = {"[GO]": GO_ID, "[s]": EOS_ID}
         text = "Attention greedy: argmax per step, cut before the first [s] (id 1); symbol j has id j + 2."
         confidence = ("product over the steps before the first [s] of the max of softmax(logits / temperature); "
                       "0 if empty")
+    else:  # strhub's ids: [E] = 0, symbols 1..N ([B] = N + 1 and [P] = N + 2 are inputs only)
+        special = {"[E]": STRHUB_EOS_ID}
+        how = {"ViTSTR": "every position read at once",
+               "PARSeq": f"PARSeq, {'autoregressive' if config.decode_ar else 'all positions at once'}, "
+                         f"{config.refine_iters} refinement pass(es)"}[config.prediction]  # fmt: skip
+        text = f"{how}: argmax per step, cut before the first [E] (id 0); symbol j has id j + 1."
+        confidence = ("product over the steps up to and including the first [E] of the max of "
+                      "softmax(logits / temperature) (strhub's)")
     return {
         "format": SIDECAR_FORMAT,
         "format_version": SIDECAR_FORMAT_VERSION,

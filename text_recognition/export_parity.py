@@ -13,8 +13,9 @@ The rule (``compare_logits``), for onnxruntime's logits [B, T, C] against PyTorc
    differ (none if they never do).
 2. The reference is PyTorch's greedy logits up to and including the branch step (both runtimes fed the same symbols
    so far), and after it, for attention, PyTorch's decoder teacher-forced with ``[GO]`` and onnxruntime's own argmax
-   of each previous step: the path the ONNX graph fed itself. CTC feeds nothing back: its reference is its greedy
-   logits throughout.
+   of each previous step: the path the ONNX graph fed itself; for PARSeq decoding autoregressively without
+   refinement, its decoder on that path (``PARSeq.forced``). CTC and ViTSTR feed nothing back, and after PARSeq's
+   refinement the output is not the path the loop fed itself: their reference is the greedy logits throughout.
 3. The export agrees when every logit is within ``atol`` of that reference. Since the branch step is compared on the
    common path, a branch passes only where PyTorch's two logits there (its symbol's and onnxruntime's) are within
    ``2 * atol``: a near-tie that rounding may flip. Each is reported as a ``NearTie``; anything else that differs is
@@ -104,6 +105,14 @@ def _run_onnx(path: str | os.PathLike, pixel_values: torch.Tensor) -> np.ndarray
         raise ValueError(f"onnxruntime cannot run {os.fspath(path)!r}: {first_line}") from None
 
 
+def full_logits(head: torch.nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """A head's greedy logits over every step, as the export computes them: attention and PARSeq do not stop
+    once every row has ended (the steps after a row's end are never read); CTC's and ViTSTR's have no steps to stop."""
+    if getattr(head, "teacher_forced", False):
+        return head(features, None, stop_at_eos=False)
+    return head(features)
+
+
 def reference_prefix(model: TextRecognitionModel, pixel_values: torch.Tensor, until: str) -> torch.Tensor:
     """What the model itself (not its export view) computes up to the end of stage ``until``."""
     x = model.Transformation(pixel_values)
@@ -113,7 +122,7 @@ def reference_prefix(model: TextRecognitionModel, pixel_values: torch.Tensor, un
         return model.FeatureExtraction(x)
     if until == "SequenceModeling":
         return model.encode(pixel_values)
-    return model(pixel_values)
+    return full_logits(model.Prediction, model.encode(pixel_values))
 
 
 def _sci(value: float) -> str:
@@ -150,7 +159,7 @@ def compare_logits(model: TextRecognitionModel, pixel_values: torch.Tensor, actu
     """
     with torch.no_grad():
         features = model.encode(pixel_values)  # [B, T', F]
-        greedy = model.Prediction(features)  # [B, T, C]
+        greedy = full_logits(model.Prediction, features)  # [B, T, C]
         if actual.shape != tuple(greedy.shape):
             return Parity(math.inf, None, (), greedy)
         onnx = torch.from_numpy(np.ascontiguousarray(actual, dtype=np.float32))
@@ -160,9 +169,13 @@ def compare_logits(model: TextRecognitionModel, pixel_values: torch.Tensor, actu
         branch = torch.where(branched, (onnx_ids != pytorch_ids).int().argmax(dim=1), greedy.size(1))  # [B]
         # 2. The reference: PyTorch's greedy logits up to the branch step, then its decoder on onnxruntime's path.
         reference = greedy
+        forced = None
         if model.config.prediction == "Attn" and bool(branched.any()):
             go = torch.full_like(onnx_ids[:, :1], GO_ID)
             forced = model.Prediction(features, torch.cat([go, onnx_ids[:, :-1]], dim=1))  # [B, T, C]
+        elif _follows_its_argmax(model) and bool(branched.any()):
+            forced = model.Prediction.forced(features, onnx_ids)  # PARSeq's autoregressive steps on that path
+        if forced is not None:
             after = (torch.arange(greedy.size(1))[None, :] > branch[:, None])[..., None]  # [B, T, 1]
             reference = torch.where(after, forced, greedy)
     # 3. Every logit within atol; a branch step that is within it is a near-tie, one beyond it a difference.
@@ -185,6 +198,14 @@ def compare_logits(model: TextRecognitionModel, pixel_values: torch.Tensor, actu
     return Parity(max_abs_diff, first, tuple(near_ties), greedy)
 
 
+def _follows_its_argmax(model: TextRecognitionModel) -> bool:
+    """Whether each output step's argmax is what the next step was fed: PARSeq decoding autoregressively without
+    refinement (after refinement, the output is no longer the path the loop fed itself, and a branch inside the
+    loop is compared as any other difference)."""
+    config = model.config
+    return config.prediction == "PARSeq" and bool(config.decode_ar) and not config.refine_iters
+
+
 def _token(tokens: list[str], class_id: int) -> str:
     return f"{tokens[class_id]!r} (id {class_id})" if 0 <= class_id < len(tokens) else f"id {class_id}"
 
@@ -195,7 +216,7 @@ def describe_difference(parity: Parity, tokens: list[str], prediction: str) -> s
     first = parity.first_difference
     if first is None:
         return ""
-    step = "decoding step" if prediction == "Attn" else "column"
+    step = "column" if prediction == "CTC" else "decoding step"
     return (
         f"first at image {first.image}, {step} {first.step}, class {_token(tokens, first.class_id)}: onnxruntime "
         f"{first.onnx:.7g} against PyTorch {first.pytorch:.7g}"
@@ -206,7 +227,7 @@ def describe_near_ties(parity: Parity, tokens: list[str], prediction: str, atol:
     """The near-ties as one sentence (empty when there are none), saying why they are not an error."""
     if not parity.near_ties:
         return ""
-    step = "decoding step" if prediction == "Attn" else "column"
+    step = "column" if prediction == "CTC" else "decoding step"
     ties = "; ".join(
         f"image {tie.image} at {step} {tie.step}: PyTorch's {_token(tokens, tie.pytorch_id)} led onnxruntime's "
         f"{_token(tokens, tie.onnx_id)} by {_sci(tie.margin)}"
@@ -214,7 +235,7 @@ def describe_near_ties(parity: Parity, tokens: list[str], prediction: str, atol:
     )
     after = (
         "; each later step is compared with PyTorch fed onnxruntime's own symbols (teacher forcing)"
-        if prediction == "Attn"
+        if prediction in ("Attn", "PARSeq")
         else ""
     )
     return (

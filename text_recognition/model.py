@@ -275,7 +275,7 @@ class TextRecognitionModel(
         """A ``Decoder`` for ``options`` (default: greedy) with this model's tokenizer, length and temperature;
         build it once and pass it to ``recognize_batch`` for many batches (a large lexicon is compiled once)."""
         return Decoder(self.tokenizer, options or DecodingOptions(), self.config.batch_max_length,
-                       self.config.temperature)  # fmt: skip
+                       self.config.temperature, self.config.prediction)  # fmt: skip
 
     def predict_batch(self, pixel_values: torch.Tensor, decoder: Decoder | None = None
                       ) -> tuple[torch.Tensor, list[Recognition] | None]:  # fmt: skip

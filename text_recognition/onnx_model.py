@@ -297,21 +297,28 @@ class OnnxModel:
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor, lengths: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         """The head's loss (CTC or cross-entropy, as the PyTorch model computes it) on the graph's logits."""
+        if self.config.prediction in ("PARSeq", "ViTSTR"):  # strhub's ids: [P] = N + 2 is ignored
+            from .stages.vitstr import strhub_cross_entropy
+
+            return strhub_cross_entropy(logits, targets, self.config.num_class + 1)
         return stage_class("prediction", self.config.prediction).loss(logits, targets, lengths, **kwargs)
 
     def decoder(self, options: DecodingOptions | None = None) -> Decoder:
-        """A ``Decoder`` over the graph's logits. Attention beam search and constraints are refused: the graph is
-        DTRB's greedy decoding, unrolled, without the step-wise decoder they need."""
+        """A ``Decoder`` over the graph's logits. Beam search and constraints of the decoders that feed their
+        output back (attention, PARSeq) are refused: the graph is the greedy decoding unrolled, without the
+        step-wise decoder they need. CTC's and ViTSTR's search the logits."""
         options = options or DecodingOptions()
-        if self.config.prediction != "CTC" and not options.is_greedy:
+        if self.config.prediction in ("Attn", "PARSeq") and not options.is_greedy:
             wanted = "beam search" if options.beam_width > 1 else "constrained decoding (allowlist, blocklist, " \
                                                                   "lexicon or pattern)"  # fmt: skip
             raise OnnxModelError(
-                f"{wanted} of an attention model needs its decoder step by step, and {str(self.path)!r} holds the "
+                f"{wanted} with the {self.config.prediction} head needs its decoder step by step, and "
+                f"{str(self.path)!r} holds the "
                 f"greedy decoding unrolled (the logits of the argmax path only). Use greedy decoding with this file "
                 f"(--min_confidence works), or the PyTorch model folder it was exported from."
             )
-        return Decoder(self.tokenizer, options, self.config.batch_max_length, self.config.temperature)
+        return Decoder(self.tokenizer, options, self.config.batch_max_length, self.config.temperature,
+                       self.config.prediction)  # fmt: skip
 
     def predict_batch(self, pixel_values: torch.Tensor, decoder: Decoder | None = None
                       ) -> tuple[torch.Tensor, list[Recognition] | None]:  # fmt: skip

@@ -44,11 +44,14 @@ FP32_OPS = {
     "of word accuracy on english_g2's 6,725 real words (BENCHMARKS.md)",
 }
 SYNTH = "synth"
+#: The ops quantized in a graph with a ViT, PARSeq or ViTSTR stage (elsewhere, onnxruntime's default list).
+TRANSFORMER_OPS = ("Conv", "MatMul", "Gemm")
 #: Why each kind of node is left in fp32 (the sidecar's ``fp32_nodes`` lists them by name).
 FP32_NODE_REASONS = {
     "first_convolution": "the feature extractor's first convolution: few input channels, little work, and the "
     "costliest layer to quantize",
-    "classifier": "the classifier that produces the logits (the CTC head, the attention generator)",
+    "classifier": "the classifier that produces the logits (the CTC head, the attention generator, the PARSeq and "
+    "ViTSTR heads)",
     "transformation": "TPS: a small network whose output is the sampling grid",
 }
 
@@ -64,8 +67,8 @@ def fp32_nodes(path: str | os.PathLike) -> dict[str, list[str]]:
     found = {
         "first_convolution": [first] if first else [],
         "classifier": [n.name for n in nodes if n.op_type in weighted
-                       and (n.name.startswith("/Prediction/generator") or n.name.startswith("/Prediction/MatMul")
-                            or n.name.startswith("/Prediction/Gemm"))],
+                       and n.name.startswith(("/Prediction/generator", "/Prediction/MatMul", "/Prediction/Gemm",
+                                              "/Prediction/head"))],  # head: PARSeq's and ViTSTR's
         "transformation": [n.name for n in nodes if n.op_type in weighted and n.name.startswith("/Transformation/")],
     }  # fmt: skip
     return {reason: names for reason, names in found.items() if names}
@@ -217,6 +220,9 @@ def quantize_onnx(
         "reduce_range": True,
         "nodes_to_exclude": [name for names in kept.values() for name in names],
     }
+    transformer = config.feature_extraction == "ViT" or config.prediction in ("PARSeq", "ViTSTR")
+    if transformer:  # the weighted ops only: the float attention masks (-inf) give no int8 range
+        settings["op_types_to_quantize"] = list(TRANSFORMER_OPS)
     # Written beside the output, then renamed: an interrupted run leaves no half-written model under that name.
     with tempfile.TemporaryDirectory(prefix=".quantize-", dir=output.parent) as folder:
         partial = Path(folder) / output.name
@@ -233,6 +239,7 @@ def quantize_onnx(
         "method": "static",
         "format": "QDQ",
         "activations": "int8, per tensor, MinMax calibration",
+        "op_types": list(TRANSFORMER_OPS) if transformer else "onnxruntime's defaults",
         "weights": "int8 with 7-bit range (reduce_range: no saturation on CPUs without VNNI), per output channel",
         "calibration": {"images": int(array.shape[0]), "source": calibration_source},
         "fp32_ops": {op: reason for op, reason in FP32_OPS.items() if _has_op(fp32_path, op)},

@@ -185,21 +185,26 @@ class PARSeq(nn.Module):
             text: training: the tokenizer's ``encode`` output [B, >= T + 2] (``[B]`` c1 .. cT ``[E]`` ``[P]`` ...);
                 returns the logits of every permutation, [K, B, T + 1, num_classes] (T: the batch's longest label),
                 for ``loss``. ``None``: decode as ``decode_ar`` / ``refine_iters`` say.
-            stop_at_eos: accepted for the common head interface: autoregressive decoding always stops once every
-                row has produced ``[E]`` (as strhub's test-time forward), so the logits have that many steps
-                (at most ``batch_max_length + 1``); refinement always returns ``batch_max_length + 1`` rows.
+            stop_at_eos: autoregressive decoding stops once every row has produced ``[E]`` (strhub's test-time
+                forward), so the logits have that many steps (at most ``batch_max_length + 1``). ``False`` runs every
+                step, as the ONNX export does (the steps after a row's ``[E]`` are never read). Refinement always
+                returns ``batch_max_length + 1`` rows.
         """
         if text is not None:
             return self.permutation_logits(memory, text)
-        return self.generate(memory)
+        return self.generate(memory, stop_at_eos)
 
-    def generate(self, memory: torch.Tensor) -> torch.Tensor:
+    def _causal(self, device: torch.device) -> torch.Tensor:
+        """True: may not attend. Slot i sees [B] and the characters before its own."""
+        num_steps = self.batch_max_length + 1
+        return torch.triu(torch.ones(num_steps, num_steps, dtype=torch.bool, device=device), 1)
+
+    def generate(self, memory: torch.Tensor, stop_at_eos: bool = True) -> torch.Tensor:
         """strhub's inference: logits [B, steps, num_classes]."""
         batch, device = memory.size(0), memory.device
         num_steps = self.batch_max_length + 1
         pos_queries = self.pos_queries[:, :num_steps].expand(batch, -1, -1)
-        # True: may not attend. Slot i sees [B] and the characters before its own.
-        causal = torch.triu(torch.ones(num_steps, num_steps, dtype=torch.bool, device=device), 1)
+        causal = self._causal(device)
         if self.decode_ar:
             context = torch.full((batch, num_steps), self.pad_id, dtype=torch.long, device=device)
             context[:, 0] = self.bos_id
@@ -212,23 +217,52 @@ class PARSeq(nn.Module):
                 steps.append(step)
                 if j < num_steps:
                     context[:, j] = step.squeeze(1).argmax(-1)
-                    if bool((context == self.eos_id).any(dim=-1).all()):  # every row has ended
+                    if stop_at_eos and bool((context == self.eos_id).any(dim=-1).all()):  # every row has ended
                         break
             logits = torch.cat(steps, dim=1)
         else:
             context = torch.full((batch, 1), self.bos_id, dtype=torch.long, device=device)
             logits = self.head(self.decode(context, memory, query=pos_queries))
-        if self.refine_iters:
-            # Cloze: slot r sees every context token but its own character (context index r + 1).
-            cloze = causal & ~torch.triu(torch.ones_like(causal), 2)
-            bos = torch.full((batch, 1), self.bos_id, dtype=torch.long, device=device)
-            for _ in range(self.refine_iters):
-                context = torch.cat([bos, logits[:, :-1].argmax(-1)], dim=1)  # the last row predicts nothing fed
-                length = context.size(1)
-                padding = (context == self.eos_id).int().cumsum(-1) > 0  # the first [E] and what follows
-                logits = self.head(self.decode(context, memory, cloze[:length, :length], padding, pos_queries,
-                                               cloze[:, :length]))  # fmt: skip
+        return self.refine(memory, logits)
+
+    def refine(self, memory: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """``refine_iters`` cloze passes over the reading of ``logits`` [B, steps, C] -> [B, batch_max_length + 1,
+        C] (``logits`` as they are when ``refine_iters`` is 0)."""
+        if not self.refine_iters:
+            return logits
+        batch, device = memory.size(0), memory.device
+        causal = self._causal(device)
+        pos_queries = self.pos_queries[:, : causal.size(0)].expand(batch, -1, -1)
+        # Cloze: slot r sees every context token but its own character (context index r + 1).
+        cloze = causal & ~torch.triu(torch.ones_like(causal), 2)
+        bos = torch.full((batch, 1), self.bos_id, dtype=torch.long, device=device)
+        for _ in range(self.refine_iters):
+            context = torch.cat([bos, logits[:, :-1].argmax(-1)], dim=1)  # the last row predicts nothing fed
+            length = context.size(1)
+            padding = (context == self.eos_id).int().cumsum(-1) > 0  # the first [E] and what follows
+            logits = self.head(self.decode(context, memory, cloze[:length, :length], padding, pos_queries,
+                                           cloze[:, :length]))  # fmt: skip
         return logits
+
+    def forced(self, memory: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """The autoregressive logits [B, L, C] along a given reading ``ids`` [B, L] (L <= batch_max_length + 1),
+        in one pass: step i sees ``[B]`` and ``ids[:, :i]``, as the autoregressive loop would have fed them.
+        No refinement. The parity check of an export uses it to follow the path onnxruntime took."""
+        batch, length = ids.shape
+        causal = self._causal(memory.device)[:length, :length]
+        context = torch.cat([ids.new_full((batch, 1), self.bos_id), ids[:, :-1]], dim=1)
+        query = self.pos_queries[:, :length].expand(batch, -1, -1)
+        return self.head(self.decode(context, memory, causal, query=query, query_mask=causal))
+
+    def step_logits(self, memory: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
+        """The next symbol's logits [B, C] after ``prefix`` [B, i] (the characters read so far, i may be 0):
+        the autoregressive step i, for beam search."""
+        batch, i = prefix.shape
+        j = i + 1
+        causal = self._causal(memory.device)
+        context = torch.cat([prefix.new_full((batch, 1), self.bos_id), prefix], dim=1)
+        query = self.pos_queries[:, i:j].expand(batch, -1, -1)
+        return self.head(self.decode(context, memory, causal[:j, :j], query=query, query_mask=causal[i:j, :j]))[:, 0]
 
     @torch.no_grad()
     def resize_classes(self, sources: list[int | None], margin: float) -> None:

@@ -65,5 +65,11 @@ class ViTSTR(nn.Module):
              ) -> torch.Tensor:  # fmt: skip
         """Cross-entropy of logits [B, L + 1, C] against the encoded targets [B, L + 2] without their ``[B]``;
         ``[E]`` is a target, ``[P]`` is ignored (strhub's loss)."""
-        targets = targets.to(logits.device)[:, 1 : logits.size(1) + 1]
-        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=self.pad_id)
+        return strhub_cross_entropy(logits, targets, self.pad_id)
+
+
+def strhub_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """Cross-entropy of read logits [B, L + 1, C] (ViTSTR's, or PARSeq's decoded ones) against strhub-encoded
+    targets [B, >= L + 2] without their ``[B]``; ``[E]`` is a target, ``pad_id`` (``[P]``) is ignored."""
+    targets = targets.to(logits.device)[:, 1 : logits.size(1) + 1]
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=pad_id)
