@@ -317,3 +317,32 @@ def test_an_exported_file_is_read_as_scripts_read_it(saved, tmp_path):
     assert "(onnxruntime fp32, fp32)" in status
     with pytest.raises(AppError, match="runs at the precision it was exported in"):
         read_images(app_model, [(paths[0].name, str(paths[0]))], precision="bf16")
+
+
+@pytest.mark.parametrize("prediction", ["PARSeq", "ViTSTR"])
+def test_parseq_and_vitstr_steps_end_at_strhubs_end(prediction, tmp_path):
+    """strhub's heads: the steps give back the reading and strhub's confidence ([E] included), greedy or searched
+    (PARSeq's autoregressive decoder along a constrained reading), from the model folder and from its export."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = TextRecognitionModel(ModelConfig("None", "ViT", "None", prediction, img_w=64, embed_dim=32,
+                                                 encoder_depth=1, encoder_heads=2, batch_max_length=6,
+                                                 temperature=0.05))  # fmt: skip
+        model.init_weights()
+    model.eval()
+    image = SyntheticWords(seed=6).render(0)[0].convert("L")
+    for options in ({}, {"allowlist": "xyz", "beam_width": 2}):
+        reading = model.recognize(image, **options)[0]
+        steps = head_steps(model, image, reading.text)
+        ended = len(reading.text) <= model.config.batch_max_length
+        assert [s for s, *_ in steps] == list(reading.text) + ["[E]"] * ended
+        assert math.prod(p for _, p, *_ in steps) == pytest.approx(reading.confidence, rel=1e-4)
+    model.save_pretrained(tmp_path / "model")
+    pytest.importorskip("onnxruntime")
+    from text_recognition.export import export_onnx
+
+    exported = load_app_model(export_onnx(model, tmp_path / "model.onnx")).model
+    reading = exported.recognize(image)[0]
+    assert [s for s, *_ in head_steps(exported, image, reading.text)][: len(reading.text)] == list(reading.text)
+    [shown] = read_images(load_app_model(tmp_path / "model"), [("word.png", image)])
+    assert shown.text == reading.text and shown.steps.width >= CELL
