@@ -28,6 +28,7 @@ from pathlib import Path
 from text_recognition.cli import (
     add_decoding_arguments,
     add_model_arguments,
+    apply_decoding_flags,
     check_model_flags,
     decoding_options_from_args,
     model_config_from_args,
@@ -82,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = load_model(args.saved_model, config)
     if config is None or not is_dtrb_checkpoint(args.saved_model):  # a folder, Hub id or .onnx: flags must agree
         check_model_flags(args, model.config, repr(args.saved_model))
+    apply_decoding_flags(args, model)  # PARSeq's mode is exported as set (an .onnx refuses a new one)
     if isinstance(model, OnnxModel):
         return quantize_export(model, args)
     skipped: list[str] = []

@@ -382,6 +382,25 @@ def test_script_on_a_model_folder(tmp_path, capsys):
     assert out.is_file() and sidecar_path(out).is_file()
 
 
+def test_script_exports_parseq_in_the_mode_asked(tmp_path, capsys):
+    """--decode_ar / --refine_iters set the mode the graph holds (checked against PyTorch in that mode); an export
+    given as --saved_model refuses a mode of its own."""
+    make_model("None-ViT-None-PARSeq", **SMALL_VIT).save_pretrained(tmp_path / "model")
+    script = load_script("export_onnx")
+    out = tmp_path / "nar.onnx"
+    argv = ["--saved_model", str(tmp_path / "model"), "--output", str(out), "--num_check_images", "2",
+            "--decode_ar", "false", "--refine_iters", "2"]  # fmt: skip
+    assert run(script.main, argv) == 0
+    meta = json.loads(sidecar_path(out).read_text())
+    assert (meta["model_config"]["decode_ar"], meta["model_config"]["refine_iters"]) == (False, 2)
+    heads = [n.name for n in onnx.load(str(out)).graph.node if n.name.startswith("/Prediction/head")]
+    assert len({name.split("/")[2] for name in heads}) == 3  # one pass all at once, two refinements: no loop
+    assert "greedy texts identical" in capsys.readouterr().out
+    argv = ["--saved_model", str(out), "--output", str(tmp_path / "again.onnx"), "--decode_ar", "true"]
+    assert run(script.main, argv) == 1
+    assert "--decode_ar cannot apply to" in capsys.readouterr().err
+
+
 def test_script_on_a_dtrb_checkpoint_with_check_images(tmp_path, capsys):
     pth = tmp_path / "None-VGG-BiLSTM-CTC.pth"
     state = random_dtrb_state_dict(
