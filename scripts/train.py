@@ -12,11 +12,11 @@ Devices, mixed precision and the number of processes/nodes come from the acceler
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 
 from text_recognition.cli import parse_train_args, run, train_configs_from_args
 from text_recognition.training import train
+from text_recognition.training.distributed import exit_process
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -26,4 +26,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run(main))
+    exit_process(run(main))  # a rank of a multi-process run skips the interpreter's teardown, which can abort

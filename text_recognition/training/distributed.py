@@ -112,3 +112,23 @@ def agreed_across_processes(accelerator: Accelerator, flags: list[bool]) -> list
 def from_every_process(run: Run, value: Any) -> list[Any]:
     """``value`` of every process, in process order (a collective: every process calls it)."""
     return gather_object([value]) if run.accelerator.num_processes > 1 else [value]
+
+
+def exit_process(code: int) -> None:
+    """End a process of a multi-process run with ``code``, without the interpreter's teardown.
+
+    The ``atexit`` functions run (stream readers close, logs flush), then the process exits at once. The teardown
+    after them, where C++ objects are destroyed, aborted one rank in about six of a two-process CPU run on streamed
+    data after training had finished and every file was written ("terminate called without an active exception",
+    SIGABRT), so that torch's launcher reported the run as failed. A single process exits as usual.
+    """
+    import atexit
+    import sys
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        sys.exit(code)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
