@@ -21,7 +21,7 @@ from .checkpoints import check_state_dict, read_dtrb_state_dict, read_strhub_mod
 from .hub import build_card, load_model_card_template
 from .registry import build_stage
 from .tokenizer import build_tokenizer
-from .transforms import ImageInput, as_image_list, preprocess
+from .transforms import ImageInput, preprocessed_batches
 
 SAFETENSORS_NAME = "model.safetensors"
 
@@ -255,18 +255,15 @@ class TextRecognitionModel(
         options = DecodingOptions(beam_width, allowlist, blocklist, tuple(lexicon) if lexicon is not None else None,
                                   pattern, min_confidence)  # fmt: skip
         decoder = self.decoder(options)
-        images = as_image_list(images)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+        batches = preprocessed_batches(images, batch_size, self.config)
         was_training = self.training
         self.eval()
         device = self.device
         results: list[Recognition] = []
         try:
             with inference_settings(self, precision, compile):
-                for start in range(0, len(images), batch_size):
-                    pixel_values = preprocess(images[start : start + batch_size], self.config).to(device)
-                    results += self.recognize_batch(pixel_values, decoder)
+                for pixel_values in batches:
+                    results += self.recognize_batch(pixel_values.to(device), decoder)
         finally:
             self.train(was_training)
         return results

@@ -29,7 +29,7 @@ from .config import ModelConfig
 from .decoding import Decoder, DecodingOptions, Recognition
 from .registry import stage_class
 from .tokenizer import build_tokenizer
-from .transforms import ImageInput, as_image_list, preprocess
+from .transforms import ImageInput, preprocessed_batches
 
 ONNX_SUFFIX = ".onnx"
 SIDECAR_FORMAT = "text_recognition-onnx"
@@ -352,12 +352,9 @@ class OnnxModel:
         options = DecodingOptions(beam_width, allowlist, blocklist, tuple(lexicon) if lexicon is not None else None,
                                   pattern, min_confidence)  # fmt: skip
         decoder = self.decoder(options)
-        images = as_image_list(images)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
         results: list[Recognition] = []
-        for start in range(0, len(images), batch_size):
-            results += self.recognize_batch(preprocess(images[start : start + batch_size], self.config), decoder)
+        for pixel_values in preprocessed_batches(images, batch_size, self.config):
+            results += self.recognize_batch(pixel_values, decoder)
         return results
 
     def __repr__(self) -> str:

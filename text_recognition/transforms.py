@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -203,3 +203,17 @@ def preprocess(images: Sequence[ImageInput], config: ModelConfig) -> torch.Tenso
     channels = config.input_channel
     pils = [load_image(image, channels) for image in images]
     return align_batch(pils, config.img_h, config.img_w, config.pad, channels)
+
+
+def preprocessed_batches(images: ImageInput | Sequence[ImageInput], batch_size: int, config: ModelConfig
+                         ) -> Iterator[torch.Tensor]:  # fmt: skip
+    """``recognize``'s ``images`` (one or a sequence, ``as_image_list``) as ``preprocess``ed batches of at most
+    ``batch_size``, made one at a time as they are iterated.
+
+    Raises:
+        ValueError: ``batch_size`` below 1 (at the call, before any image is read).
+    """
+    images = as_image_list(images)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+    return (preprocess(images[start : start + batch_size], config) for start in range(0, len(images), batch_size))
