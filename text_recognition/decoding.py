@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 # Constraint and read_lexicon are imported from here too, as before constraints.py held them.
 from .constraints import Constraint, build_constraint, read_lexicon  # noqa: F401
-from .tokenizer import BLANK_ID, EOS_ID, GO_ID, STRHUB_EOS_ID, StrhubTokenizer
+from .tokenizer import BLANK_ID, GO_ID, StrhubTokenizer
 
 if TYPE_CHECKING:
     from .stages.prediction import Attention
@@ -157,7 +157,7 @@ class Decoder:
         self.is_ctc = tokenizer.special_tokens == ("[CTCblank]",)
         self.is_strhub = isinstance(tokenizer, StrhubTokenizer)
         self.slot_wise = prediction == "ViTSTR"
-        self.eos_id = STRHUB_EOS_ID if self.is_strhub else EOS_ID
+        self.eos_id = tokenizer.end_id
 
     def decode_logits(self, logits: torch.Tensor) -> list[Recognition]:
         """Logits [B, T, C]: CTC's or ViTSTR's, searched as options say, or the greedy run of a decoder that feeds

@@ -28,7 +28,7 @@ import torch
 from .config import ModelConfig
 from .decoding import Decoder, DecodingOptions, Recognition
 from .registry import stage_class
-from .tokenizer import build_tokenizer
+from .tokenizer import StrhubTokenizer, build_tokenizer
 from .transforms import ImageInput, preprocessed_batches
 
 ONNX_SUFFIX = ".onnx"
@@ -297,10 +297,10 @@ class OnnxModel:
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor, lengths: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         """The head's loss (CTC or cross-entropy, as the PyTorch model computes it) on the graph's logits."""
-        if self.config.prediction in ("PARSeq", "ViTSTR"):  # strhub's ids: [P] = N + 2 is ignored
+        if isinstance(self.tokenizer, StrhubTokenizer):  # strhub's ids: [P] is ignored
             from .stages.vitstr import strhub_cross_entropy
 
-            return strhub_cross_entropy(logits, targets, self.config.num_class + 1)
+            return strhub_cross_entropy(logits, targets, self.tokenizer.pad_id)
         return stage_class("prediction", self.config.prediction).loss(logits, targets, lengths, **kwargs)
 
     def decoder(self, options: DecodingOptions | None = None) -> Decoder:

@@ -33,6 +33,8 @@ class _Tokenizer:
 
     #: ids that are not symbols (prepended to the charset)
     special_tokens: tuple[str, ...] = ()
+    #: the id that ends a reading (attention's ``[s]``, strhub's ``[E]``); CTC has none
+    end_id: int | None = None
 
     def __init__(self, character: str) -> None:
         self.character = character
@@ -99,6 +101,7 @@ class AttnTokenizer(_Tokenizer):
     """DTRB's ``AttnLabelConverter``."""
 
     special_tokens = ("[GO]", "[s]")
+    end_id = EOS_ID
 
     def encode(self, texts: list[str], batch_max_length: int = 25) -> tuple[torch.Tensor, torch.Tensor]:
         """Texts -> (ids [B, batch_max_length + 2], lengths [B] = len + 1).
@@ -142,6 +145,7 @@ class StrhubTokenizer(_Tokenizer):
     ``[P]`` = N + 2, which the heads never predict (``tokens`` and ``num_class`` are the N + 1 predicted ids)."""
 
     special_tokens = ("[E]",)
+    end_id = STRHUB_EOS_ID
 
     def __init__(self, character: str) -> None:
         super().__init__(character)

@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..fastpath import inference_settings
 from ..onnx_model import OnnxModel
-from ..tokenizer import BLANK_ID, EOS_ID, STRHUB_EOS_ID
+from ..tokenizer import BLANK_ID
 from ..transforms import align_image, keep_ratio_width
 
 if TYPE_CHECKING:
@@ -57,11 +57,6 @@ def seen_picture(image: Image.Image, config: ModelConfig) -> tuple[Image.Image, 
 
 
 @torch.inference_mode()
-def end_id(config: ModelConfig) -> int:
-    """The id that ends a reading: DTRB attention's ``[s]``, strhub's ``[E]`` (PARSeq, ViTSTR)."""
-    return STRHUB_EOS_ID if config.prediction in ("PARSeq", "ViTSTR") else EOS_ID
-
-
 def head_steps(model: TextRecognitionModel, image: Image.Image, text: str, precision: str = "fp32"):
     """What the head read: CTC, ``[(best symbol, probability)]`` per frame; attention, ``[(symbol of the reading,
     its probability, the model's own best symbol, its probability)]`` per step up to the end ``[s]`` (none when the
@@ -84,7 +79,7 @@ def head_steps(model: TextRecognitionModel, image: Image.Image, text: str, preci
                 # along the reading, as the search ran it
                 logits = model.Prediction(features)
                 if model.tokenizer.decode(logits.argmax(-1))[0] != text:
-                    ids = [model.tokenizer.char_to_id[c] for c in text] + [STRHUB_EOS_ID]
+                    ids = [model.tokenizer.char_to_id[c] for c in text] + [model.tokenizer.end_id]
                     ids = torch.tensor([ids[: config.batch_max_length + 1]], device=features.device)
                     logits = model.Prediction.forced(features, ids)
             else:
@@ -95,7 +90,7 @@ def head_steps(model: TextRecognitionModel, image: Image.Image, text: str, preci
     best_prob, best = probs.max(-1)
     if config.prediction == "CTC":
         return [(tokens[i], p) for i, p in zip(best.tolist(), best_prob.tolist(), strict=True)]
-    chosen = [model.tokenizer.char_to_id[c] for c in text] + [end_id(config)]
+    chosen = [model.tokenizer.char_to_id[c] for c in text] + [model.tokenizer.end_id]
     chosen = chosen[: len(probs)]  # a reading that ran out of steps never came to [s]
     best, best_prob = best[: len(chosen)].tolist(), best_prob[: len(chosen)].tolist()  # steps after [s]: unread
     return [(tokens[c], float(probs[step, c]), tokens[b], p)
@@ -113,7 +108,8 @@ def steps_picture(model: TextRecognitionModel, image: Image.Image, text: str, pr
     font, small = _font(14 if ctc else 16), _font(12)
     picture = Image.new("RGB", (width, BAR + (22 if ctc else 40)), "white")
     draw = ImageDraw.Draw(picture)
-    blank, end = model.tokenizer.tokens[BLANK_ID], model.tokenizer.tokens[end_id(model.config)]
+    tokens = model.tokenizer.tokens
+    blank, end = (tokens[BLANK_ID], None) if ctc else (None, tokens[model.tokenizer.end_id])
     previous = None
     for i, step in enumerate(steps):
         if ctc:
