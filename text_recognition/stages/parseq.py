@@ -201,28 +201,22 @@ class PARSeq(nn.Module):
 
     def generate(self, memory: torch.Tensor, stop_at_eos: bool = True) -> torch.Tensor:
         """strhub's inference: logits [B, steps, num_classes]."""
-        batch, device = memory.size(0), memory.device
-        num_steps = self.batch_max_length + 1
-        pos_queries = self.pos_queries[:, :num_steps].expand(batch, -1, -1)
-        causal = self._causal(device)
+        batch, num_steps = memory.size(0), self.batch_max_length + 1
         if self.decode_ar:
-            context = torch.full((batch, num_steps), self.pad_id, dtype=torch.long, device=device)
-            context[:, 0] = self.bos_id
+            ids = torch.zeros((batch, 0), dtype=torch.long, device=memory.device)  # the characters decoded so far
             steps = []
             for i in range(num_steps):
-                j = i + 1  # context length: [B] and the i characters decoded so far
-                out = self.decode(context[:, :j], memory, causal[:j, :j], query=pos_queries[:, i:j],
-                                  query_mask=causal[i:j, :j])  # fmt: skip
-                step = self.head(out)  # [B, 1, C]
+                step = self.step_logits(memory, ids)  # [B, C]
                 steps.append(step)
-                if j < num_steps:
-                    context[:, j] = step.squeeze(1).argmax(-1)
-                    if stop_at_eos and bool((context == self.eos_id).any(dim=-1).all()):  # every row has ended
+                if i + 1 < num_steps:
+                    ids = torch.cat([ids, step.argmax(-1, keepdim=True)], dim=1)
+                    if stop_at_eos and bool((ids == self.eos_id).any(dim=-1).all()):  # every row has ended
                         break
-            logits = torch.cat(steps, dim=1)
+            logits = torch.stack(steps, dim=1)
         else:
-            context = torch.full((batch, 1), self.bos_id, dtype=torch.long, device=device)
-            logits = self.head(self.decode(context, memory, query=pos_queries))
+            context = torch.full((batch, 1), self.bos_id, dtype=torch.long, device=memory.device)
+            queries = self.pos_queries[:, :num_steps].expand(batch, -1, -1)
+            logits = self.head(self.decode(context, memory, query=queries))
         return self.refine(memory, logits)
 
     def refine(self, memory: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -256,7 +250,7 @@ class PARSeq(nn.Module):
 
     def step_logits(self, memory: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
         """The next symbol's logits [B, C] after ``prefix`` [B, i] (the characters read so far, i may be 0):
-        the autoregressive step i, for beam search."""
+        the autoregressive step i (of ``generate``, and of beam search)."""
         batch, i = prefix.shape
         j = i + 1
         causal = self._causal(memory.device)
