@@ -95,11 +95,12 @@ def accuracy(forms: dict[str, Path]) -> None:
               f"{by_name['IC15_train_4468']:.3f} | {total:.3f} | {total - reference:+.3f} |", flush=True)  # fmt: skip
 
 
-def real_crops(count: int) -> list[Image.Image]:
+def real_crops(count: int, mode: str = "L") -> list[Image.Image]:
+    """The first ``count`` crops of IIIT5k_train_2000, decoded to ``mode``."""
     from text_recognition.data.lmdb import LmdbReader
 
     with LmdbReader(REAL / "IIIT5k_train_2000") as reader:
-        return [Image.open(io.BytesIO(reader.get(i)[0])).convert("L") for i in range(1, count + 1)]
+        return [Image.open(io.BytesIO(reader.get(i)[0])).convert(mode) for i in range(1, count + 1)]
 
 
 def throughput(forms: dict[str, Path], repeats: int) -> None:

@@ -17,27 +17,17 @@ has ended; its export runs every step (``batch_max_length + 1``), so the ratio d
 from __future__ import annotations
 
 import argparse
-import io
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from PIL import Image
-
 ROOT = Path(__file__).resolve().parents[1]
-REAL = ROOT.parent / "shared" / "data" / "real_train" / "IIIT5k_train_2000"
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark modules
 import _timing as timing  # noqa: E402
-
-
-def real_crops(count: int) -> list[Image.Image]:
-    from text_recognition.data.lmdb import LmdbReader
-
-    with LmdbReader(REAL) as reader:
-        return [Image.open(io.BytesIO(reader.get(i)[0])).convert("RGB") for i in range(1, count + 1)]
+from deploy import REAL, real_crops  # noqa: E402
 
 
 def export(saved_model: Path, folder: Path, mode: list[str]) -> dict[str, Path]:
@@ -66,12 +56,12 @@ def main() -> None:
     args = parser.parse_args()
     mode = [*(["--decode_ar", args.decode_ar] if args.decode_ar else []),
             *(["--refine_iters", str(args.refine_iters)] if args.refine_iters is not None else [])]  # fmt: skip
-    if not REAL.is_dir():
+    if not (REAL / "IIIT5k_train_2000").is_dir():
         raise SystemExit(f"{REAL} is absent: this benchmark reads real crops from ../shared/data.")
     from text_recognition import load_model
 
     start = timing.header(f"model: {args.saved_model}")
-    images = real_crops(args.images)
+    images = real_crops(args.images, "RGB")
     with tempfile.TemporaryDirectory(prefix="export_speed_") as tmp:
         forms = export(args.saved_model, Path(tmp), mode)
         models = {"pytorch": load_model(args.saved_model), **{name: load_model(path) for name, path in forms.items()}}
